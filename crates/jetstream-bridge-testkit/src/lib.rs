@@ -1,0 +1,1 @@
+//! Test support for jetstream-bridge (filled in progress).

@@ -1,0 +1,30 @@
+#![doc = include_str!("../README.md")]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+#[doc(inline)]
+pub use jetstream_bridge_config as config;
+
+#[cfg(feature = "topology")]
+#[cfg_attr(docsrs, doc(cfg(feature = "topology")))]
+#[doc(inline)]
+pub use jetstream_bridge_topology as topology;
+
+#[cfg(feature = "outbox")]
+#[cfg_attr(docsrs, doc(cfg(feature = "outbox")))]
+#[doc(inline)]
+pub use jetstream_bridge_outbox as outbox;
+
+#[cfg(feature = "inbox")]
+#[cfg_attr(docsrs, doc(cfg(feature = "inbox")))]
+#[doc(inline)]
+pub use jetstream_bridge_inbox as inbox;
+
+#[cfg(feature = "consumer")]
+#[cfg_attr(docsrs, doc(cfg(feature = "consumer")))]
+#[doc(inline)]
+pub use jetstream_bridge_consumer as consumer;
+
+#[cfg(feature = "health")]
+#[cfg_attr(docsrs, doc(cfg(feature = "health")))]
+#[doc(inline)]
+pub use jetstream_bridge_health as health;

@@ -1,0 +1,4 @@
+//! Project tasks for jetstream-bridge. Run `cargo xtask --help`.
+#![allow(clippy::print_stdout)]
+
+fn main() {}
