@@ -1,4 +1,26 @@
-//! Project tasks for jetstream-bridge. Run `cargo xtask --help`.
+//! Project tasks for jetstream-bridge: `cargo xtask <task>` (see `--help`).
+//!
+//! Each task prints what it does before doing it and exits non-zero on failure.
 #![allow(clippy::print_stdout)]
 
-fn main() {}
+use clap::Parser;
+
+mod smoke;
+
+/// jetstream-bridge project tasks.
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", version, about)]
+enum Command {
+    /// Publish one envelope to JetStream exactly as a Ruby peer reads it, read it back through a
+    /// durable pull consumer and check it byte for byte (the main job until the sync demo lands).
+    Smoke(smoke::Args),
+}
+
+fn main() -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match Command::parse() {
+        Command::Smoke(args) => runtime.block_on(smoke::run(args)),
+    }
+}

@@ -1,8 +1,20 @@
 #![doc = include_str!("../README.md")]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod error;
+
+pub use error::{Error, Result};
+
+/// Configuration, subjects, durations, URL masking and the wire envelope
+/// (the `jetstream-bridge-config` crate).
 #[doc(inline)]
 pub use jetstream_bridge_config as config;
+
+#[doc(inline)]
+pub use jetstream_bridge_config::{
+    Config, ConfigBuilder, ConfigError, ConsumerMode, DlqContext, DlqReason, Envelope,
+    EnvelopeError, EventId, Preset, Redacted, Subject, SubjectLayout, Subjects,
+};
 
 #[cfg(feature = "topology")]
 #[cfg_attr(docsrs, doc(cfg(feature = "topology")))]

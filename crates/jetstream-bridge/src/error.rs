@@ -1,0 +1,39 @@
+//! The umbrella error: one type that every layer's error converts into.
+
+/// Any error of jetstream-bridge, for applications that want a single error type.
+///
+/// Each variant wraps the error of one layer; match on it to branch, or use `?` to convert.
+/// New layers add variants, so the enum is `#[non_exhaustive]`.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Building a [`Config`](crate::Config) failed (every problem is listed).
+    #[error(transparent)]
+    Config(#[from] jetstream_bridge_config::ConfigError),
+    /// A message body is not a valid envelope, or an envelope is too large.
+    #[error(transparent)]
+    Envelope(#[from] jetstream_bridge_config::EnvelopeError),
+}
+
+/// `Result` with the umbrella [`Error`] as the default error type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layer_errors_convert_and_keep_their_message() {
+        let config_error = crate::Config::builder("prod", "orders", "orders")
+            .build()
+            .unwrap_err();
+        let message = config_error.to_string();
+        let error: Error = config_error.into();
+        assert!(matches!(error, Error::Config(_)));
+        assert_eq!(error.to_string(), message);
+
+        let envelope_error = crate::Envelope::from_slice(b"[1, 2]").unwrap_err();
+        let error: Error = envelope_error.into();
+        assert!(matches!(error, Error::Envelope(ref e) if e.is_malformed()));
+    }
+}
