@@ -62,15 +62,25 @@ ensure_postgres() {
   if listening "$HOST" "$PG_PORT"; then
     log "PostgreSQL already listening on $HOST:$PG_PORT"
   else
+    local installed=""
     if [ -z "$(pg_bin_dir)" ] || ! command -v psql >/dev/null 2>&1; then
       apt_install postgresql postgresql-client
+      installed=1
     fi
     command -v pg_lsclusters >/dev/null 2>&1 || apt_install postgresql-common
-    local ver
+    local ver port
     ver=$(basename "$(dirname "$(pg_bin_dir)")")
     if ! pg_lsclusters -h 2>/dev/null | awk '{print $1" "$2}' | grep -qx "$ver main"; then
       log "creating PostgreSQL $ver cluster 'main' on port $PG_PORT"
       $SUDO pg_createcluster --port "$PG_PORT" "$ver" main >/dev/null
+    fi
+    port=$(pg_lsclusters -h | awk -v v="$ver" '$1 == v && $2 == "main" {print $3}')
+    if [ "$port" != "$PG_PORT" ]; then
+      # The package's own cluster picked another port (e.g. 5432 was taken). Ours to set only
+      # when this script installed it; otherwise say what to do.
+      [ -n "$installed" ] || die "PostgreSQL $ver/main is configured for port $port, not $PG_PORT: set PG_PORT=$port"
+      log "setting PostgreSQL $ver/main to port $PG_PORT (was $port)"
+      $SUDO pg_conftool "$ver" main set port "$PG_PORT"
     fi
     log "starting PostgreSQL $ver on $HOST:$PG_PORT"
     $SUDO pg_ctlcluster --skip-systemctl-redirect "$ver" main start || true
