@@ -6,6 +6,7 @@
 use clap::Parser;
 
 mod smoke;
+mod test;
 
 /// jetstream-bridge project tasks.
 #[derive(Debug, Parser)]
@@ -14,6 +15,9 @@ enum Command {
     /// Publish one envelope to JetStream exactly as a Ruby peer reads it, read it back through a
     /// durable pull consumer and check it byte for byte (the main job until the sync demo lands).
     Smoke(smoke::Args),
+    /// Run the whole test suite (`cargo test --workspace`) and print one total line; what `.ci/run`
+    /// runs after `.ci/services.sh`.
+    Test(test::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -22,5 +26,6 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     match Command::parse() {
         Command::Smoke(args) => runtime.block_on(smoke::run(args)),
+        Command::Test(args) => test::run(args),
     }
 }
