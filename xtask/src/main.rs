@@ -5,6 +5,7 @@
 
 use clap::Parser;
 
+mod ensure_topology;
 mod smoke;
 mod test;
 
@@ -18,6 +19,10 @@ enum Command {
     /// Run the whole test suite (`cargo test --workspace`) and print one total line; what `.ci/run`
     /// runs after `.ci/services.sh`.
     Test(test::Args),
+    /// Create or verify the stream, DLQ stream and durable consumer of one service (idempotent;
+    /// `--dry-run` prints the plan and changes nothing; exits non-zero on overlaps, drift,
+    /// permission or connection errors).
+    EnsureTopology(ensure_topology::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -27,5 +32,6 @@ fn main() -> anyhow::Result<()> {
     match Command::parse() {
         Command::Smoke(args) => runtime.block_on(smoke::run(args)),
         Command::Test(args) => test::run(args),
+        Command::EnsureTopology(args) => runtime.block_on(ensure_topology::run(args)),
     }
 }
