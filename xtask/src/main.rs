@@ -5,7 +5,9 @@
 
 use clap::Parser;
 
+mod bench;
 mod ensure_topology;
+mod migrate;
 mod smoke;
 mod test;
 
@@ -19,6 +21,14 @@ enum Command {
     /// Run the whole test suite (`cargo test --workspace`) and print one total line; what `.ci/run`
     /// runs after `.ci/services.sh`.
     Test(test::Args),
+    /// Apply pending SQL migrations from `migrations/` to DATABASE_URL (idempotent: a second run
+    /// applies nothing and says so).
+    Migrate(migrate::Args),
+    /// Delete `sent` outbox rows older than `--older-than` (default 7d) in bounded batches.
+    OutboxRetention(migrate::RetentionArgs),
+    /// Benchmark against raw async-nats / raw Postgres measured in the same run
+    /// (`bench relay`; run with `cargo run --release -p xtask -- bench ...` for real figures).
+    Bench(bench::Args),
     /// Create or verify the stream, DLQ stream and durable consumer of one service (idempotent;
     /// `--dry-run` prints the plan and changes nothing; exits non-zero on overlaps, drift,
     /// permission or connection errors).
@@ -32,6 +42,9 @@ fn main() -> anyhow::Result<()> {
     match Command::parse() {
         Command::Smoke(args) => runtime.block_on(smoke::run(args)),
         Command::Test(args) => test::run(args),
+        Command::Migrate(args) => runtime.block_on(migrate::run(args)),
+        Command::OutboxRetention(args) => runtime.block_on(migrate::retention(args)),
+        Command::Bench(args) => runtime.block_on(bench::run(args)),
         Command::EnsureTopology(args) => runtime.block_on(ensure_topology::run(args)),
     }
 }

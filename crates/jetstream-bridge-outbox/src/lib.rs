@@ -1,2 +1,19 @@
 #![doc = include_str!("../README.md")]
 #![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod backoff;
+mod error;
+pub mod migrations;
+mod model;
+mod publisher;
+mod relay;
+pub mod schema;
+mod store;
+
+pub use error::{OutboxError, OutboxErrorKind, Result};
+pub use model::{NewEvent, Status};
+pub use publisher::{Published, Publisher};
+pub use relay::{
+    PgPool, Relay, RelayBuilder, RelayHandle, RelayReport, RelayStats, NOTIFY_CHANNEL,
+};
+pub use store::{Backlog, Outbox};

@@ -1,0 +1,276 @@
+//! Transactional enqueue, batch enqueue, stored shape, retention.
+
+use std::time::Duration;
+
+use diesel::sql_types::{BigInt, Nullable, Text};
+use diesel::QueryableByName;
+use diesel_async::{AsyncConnection, RunQueryDsl};
+use jetstream_bridge_config::{Config, Envelope, MSG_ID_HEADER, RUBY_MSG_ID_HEADER};
+use jetstream_bridge_outbox::{NewEvent, Outbox, OutboxError, OutboxErrorKind};
+use serde_json::json;
+
+use crate::{stream_ids, stream_len, wait_sent, Env};
+
+/// A rolled-back enqueue publishes nothing; a committed one publishes exactly one message.
+#[tokio::test(flavor = "multi_thread")]
+async fn rollback_publishes_nothing_commit_publishes_exactly_one() {
+    let env = Env::new().await;
+    let relay = env.relay().build().spawn();
+    let mut conn = env.db.conn().await;
+    let outbox = env.outbox.clone();
+    let rolled_back = conn
+        .transaction::<(), Box<dyn std::error::Error + Send + Sync>, _>(async |conn| {
+            outbox
+                .enqueue(conn, NewEvent::new("user.created", json!({"id": "gone"})))
+                .await?;
+            Err("the business logic fails after the enqueue".into())
+        })
+        .await;
+    assert!(rolled_back.is_err());
+    let committed = conn
+        .transaction::<_, OutboxError, _>(async |conn| {
+            outbox
+                .enqueue(conn, NewEvent::new("user.created", json!({"id": "kept"})))
+                .await
+        })
+        .await
+        .unwrap();
+
+    wait_sent(&[&relay], 1).await;
+    let report = relay.shutdown().await.unwrap();
+    assert_eq!(report.sent, 1);
+    assert_eq!(stream_len(&env.stream).await, 1);
+    assert_eq!(
+        stream_ids(&env.stream, 1).await,
+        vec![committed.to_string()]
+    );
+    assert_eq!(
+        crate::status_counts(&env.db).await,
+        vec![("sent".into(), 1)]
+    );
+    drop(conn);
+    env.teardown().await;
+}
+
+/// An oversized or invalid event is refused before the database is touched: the caller's
+/// transaction stays usable.
+#[tokio::test(flavor = "multi_thread")]
+async fn oversized_and_invalid_events_are_refused_before_the_database() {
+    let env = Env::new().await;
+    let config = Config::builder(env.t.subject_prefix(), "orders", "billing")
+        .max_payload_bytes(1024)
+        .build()
+        .unwrap();
+    let outbox = Outbox::new(&config);
+    let mut conn = env.db.conn().await;
+    let id = conn
+        .transaction::<_, OutboxError, _>(async |conn| {
+            let err = outbox
+                .enqueue(
+                    conn,
+                    NewEvent::new("blob.put", json!({"d": "x".repeat(4096)})),
+                )
+                .await
+                .unwrap_err();
+            assert!(matches!(
+                err.kind(),
+                OutboxErrorKind::PayloadTooLarge { max: 1024, .. }
+            ));
+            let err = outbox
+                .enqueue(conn, NewEvent::new("blob.put", json!("not an object")))
+                .await
+                .unwrap_err();
+            assert_eq!(err.kind(), OutboxErrorKind::InvalidEvent);
+            // The transaction is not aborted: no statement failed.
+            outbox
+                .enqueue(conn, NewEvent::new("blob.put", json!({"id": 1})))
+                .await
+        })
+        .await
+        .unwrap();
+    assert_eq!(crate::all_event_ids(&env.db).await.len(), 1);
+    assert!(crate::all_event_ids(&env.db).await.contains(id.as_str()));
+    drop(conn);
+    env.teardown().await;
+}
+
+#[derive(QueryableByName)]
+struct Shape {
+    #[diesel(sql_type = Text)]
+    payload_type: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    producer: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    traceparent: Option<String>,
+    #[diesel(sql_type = Text)]
+    subject: String,
+    #[diesel(sql_type = Text)]
+    ordering_key: String,
+    #[diesel(sql_type = Text)]
+    status: String,
+}
+
+/// The row holds the envelope as a real JSON object; the relay publishes it in wire key order
+/// with both msg-id headers and the traceparent.
+#[tokio::test(flavor = "multi_thread")]
+async fn stored_shape_and_published_headers() {
+    let env = Env::new().await;
+    let mut conn = env.db.conn().await;
+    let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let id = env
+        .outbox
+        .enqueue(
+            &mut conn,
+            NewEvent::new("user.created", json!({"id": "u-1", "zeta": 1, "alpha": 2}))
+                .traceparent(tp),
+        )
+        .await
+        .unwrap();
+    let shape: Shape = diesel::sql_query(
+        "SELECT jsonb_typeof(payload) AS payload_type, payload->>'producer' AS producer, \
+         headers->>'traceparent' AS traceparent, subject, ordering_key, status \
+         FROM jetstream_outbox_events",
+    )
+    .get_result(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(shape.payload_type, "object");
+    assert_eq!(shape.producer.as_deref(), Some("orders"));
+    assert_eq!(shape.traceparent.as_deref(), Some(tp));
+    assert_eq!(shape.subject, env.config.subjects().source().as_str());
+    assert_eq!(shape.ordering_key, "user:u-1");
+    assert_eq!(shape.status, "pending");
+
+    let relay = env.relay().build().spawn();
+    wait_sent(&[&relay], 1).await;
+    relay.shutdown().await.unwrap();
+    let stream = env.stream.clone();
+    let message = stream.get_raw_message(1).await.unwrap();
+    assert_eq!(
+        message.headers.get(MSG_ID_HEADER).unwrap().as_str(),
+        id.as_str()
+    );
+    assert_eq!(
+        message.headers.get(RUBY_MSG_ID_HEADER).unwrap().as_str(),
+        id.as_str()
+    );
+    assert_eq!(message.headers.get("traceparent").unwrap().as_str(), tp);
+    let envelope = Envelope::from_slice(&message.payload).unwrap();
+    assert_eq!(envelope.event_id, id);
+    assert_eq!(message.payload.as_ref(), envelope.to_vec().as_slice());
+    assert!(message.payload.starts_with(br#"{"event_id":""#));
+    drop(conn);
+    env.teardown().await;
+}
+
+/// A batch enqueue writes every event in one statement; a repeated event id is a typed error.
+#[tokio::test(flavor = "multi_thread")]
+async fn batch_enqueue_and_duplicate_event_id() {
+    let env = Env::new().await;
+    let mut conn = env.db.conn().await;
+    let ids = env
+        .outbox
+        .enqueue_batch(
+            &mut conn,
+            (0..3).map(|i| NewEvent::new("user.created", json!({ "id": i }))),
+        )
+        .await
+        .unwrap();
+    assert_eq!(ids.len(), 3);
+    assert_eq!(crate::all_event_ids(&env.db).await.len(), 3);
+    let again = NewEvent::new("user.created", json!({"id": 9}))
+        .envelope_with(|b| b.event_id(ids[0].clone()));
+    let err = env.outbox.enqueue(&mut conn, again).await.unwrap_err();
+    assert_eq!(err.kind(), OutboxErrorKind::DuplicateEventId);
+    assert_eq!(err.event_id(), Some(&ids[0]));
+    drop(conn);
+    env.teardown().await;
+}
+
+#[derive(QueryableByName)]
+struct Count {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+/// Retention deletes only sent rows older than the cut-off, in bounded batches.
+#[tokio::test(flavor = "multi_thread")]
+async fn retention_deletes_old_sent_rows_only() {
+    let env = Env::new().await;
+    let mut conn = env.db.conn().await;
+    env.outbox
+        .enqueue_batch(
+            &mut conn,
+            (0..7).map(|i| NewEvent::new("user.created", json!({ "id": i }))),
+        )
+        .await
+        .unwrap();
+    // 5 sent two days ago, 1 sent now, 1 pending.
+    diesel::sql_query(
+        "UPDATE jetstream_outbox_events SET status = 'sent', sent_at = now() - interval '2 days' \
+         WHERE id IN (SELECT id FROM jetstream_outbox_events ORDER BY id LIMIT 5)",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    diesel::sql_query(
+        "UPDATE jetstream_outbox_events SET status = 'sent', sent_at = now() \
+         WHERE id = (SELECT max(id) - 1 FROM jetstream_outbox_events)",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let deleted = Outbox::delete_sent_older_than(&mut conn, Duration::from_secs(24 * 3600), 2)
+        .await
+        .unwrap();
+    assert_eq!(deleted, 5);
+    let left: Count = diesel::sql_query("SELECT count(*) AS n FROM jetstream_outbox_events")
+        .get_result(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(left.n, 2);
+    drop(conn);
+    env.teardown().await;
+}
+
+/// The backlog reports unsent and quarantined counts and the age of the oldest unsent row.
+#[tokio::test(flavor = "multi_thread")]
+async fn backlog_counts_and_ages() {
+    let env = Env::new().await;
+    let mut conn = env.db.conn().await;
+    let empty = Outbox::backlog(&mut conn).await.unwrap();
+    assert_eq!(
+        (empty.unsent, empty.failed, empty.oldest_unsent_age),
+        (0, 0, None)
+    );
+    env.outbox
+        .enqueue_batch(
+            &mut conn,
+            (0..4).map(|i| NewEvent::new("user.created", json!({ "id": i }))),
+        )
+        .await
+        .unwrap();
+    diesel::sql_query(
+        "UPDATE jetstream_outbox_events SET enqueued_at = now() - interval '90 seconds' \
+         WHERE id = (SELECT min(id) FROM jetstream_outbox_events)",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    diesel::sql_query(
+        "UPDATE jetstream_outbox_events SET status = 'failed' \
+         WHERE id = (SELECT max(id) FROM jetstream_outbox_events)",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let backlog = Outbox::backlog(&mut conn).await.unwrap();
+    assert_eq!((backlog.unsent, backlog.failed), (3, 1));
+    let age = backlog.oldest_unsent_age.unwrap();
+    assert!(
+        age >= Duration::from_secs(90) && age < Duration::from_secs(120),
+        "{age:?}"
+    );
+    drop(conn);
+    env.teardown().await;
+}
