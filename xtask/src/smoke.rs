@@ -50,10 +50,11 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     );
 
     println!("connecting to {}", producer.nats_urls());
-    let client = async_nats::connect(producer.nats_urls().expose_urls())
+    // The library's connect: credentials, TLS, inbox prefix and retries from the config.
+    let connection = jetstream_bridge_topology::connect(&producer)
         .await
         .context("connecting to NATS (is it running? `bash .ci/services.sh`)")?;
-    let js = jetstream::new(client);
+    let js = connection.jetstream();
 
     let stream_name = subjects.stream_name().as_str().to_owned();
     let stream_subjects: Vec<String> = subjects

@@ -13,6 +13,16 @@ pub enum Error {
     /// A message body is not a valid envelope, or an envelope is too large.
     #[error(transparent)]
     Envelope(#[from] jetstream_bridge_config::EnvelopeError),
+    /// Connecting, or provisioning streams and consumers, failed.
+    #[cfg(feature = "topology")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "topology")))]
+    #[error(transparent)]
+    Topology(#[from] jetstream_bridge_topology::TopologyError),
+    /// Enqueueing, relaying or publishing an event failed.
+    #[cfg(feature = "outbox")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "outbox")))]
+    #[error(transparent)]
+    Outbox(#[from] jetstream_bridge_outbox::OutboxError),
 }
 
 /// `Result` with the umbrella [`Error`] as the default error type.

@@ -21,10 +21,32 @@ pub use jetstream_bridge_config::{
 #[doc(inline)]
 pub use jetstream_bridge_topology as topology;
 
+#[cfg(feature = "topology")]
+#[cfg_attr(docsrs, doc(cfg(feature = "topology")))]
+#[doc(inline)]
+pub use jetstream_bridge_topology::{
+    connect, ensure_topology, TopologyError, TopologyErrorKind, TopologySpec,
+};
+
 #[cfg(feature = "outbox")]
 #[cfg_attr(docsrs, doc(cfg(feature = "outbox")))]
 #[doc(inline)]
 pub use jetstream_bridge_outbox as outbox;
+
+#[cfg(feature = "outbox")]
+#[cfg_attr(docsrs, doc(cfg(feature = "outbox")))]
+#[doc(inline)]
+pub use jetstream_bridge_outbox::{
+    NewEvent, Outbox, OutboxError, OutboxErrorKind, Published, Publisher, Relay,
+};
+
+/// The NATS client this crate is built against, so applications name the same version.
+#[cfg(any(feature = "topology", feature = "outbox"))]
+pub use async_nats;
+
+/// The async PostgreSQL layer this crate is built against (connections passed to `Outbox::enqueue`).
+#[cfg(feature = "outbox")]
+pub use diesel_async;
 
 #[cfg(feature = "inbox")]
 #[cfg_attr(docsrs, doc(cfg(feature = "inbox")))]
