@@ -184,3 +184,46 @@ async fn server_side_backoff_replaces_ack_wait_and_rejects_the_seed_defaults() {
     );
     t.teardown().await;
 }
+
+/// The server deduplicates on the canonical `Nats-Msg-Id` header only (exact case): the Ruby
+/// gem's lowercase `nats-msg-id` stores every publish (SPEC §9, L-R1). This is why publishers send
+/// both spellings and readers look the id up case-insensitively.
+#[tokio::test]
+async fn only_the_canonical_msg_id_header_deduplicates() {
+    let t = TestNats::shared().await;
+    let js = t.jetstream();
+    let stream = t.create_stream(t.stream_config("dedupe")).await;
+    let subject = t.subject("dedupe.event");
+
+    let publish = |name: &'static str, id: &'static str| {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(name, id);
+        let js = js.clone();
+        let subject = subject.clone();
+        async move {
+            js.publish_with_headers(subject, headers, "{}".into())
+                .await
+                .unwrap()
+                .await
+                .unwrap()
+        }
+    };
+
+    let first = publish("nats-msg-id", "evt-lowercase").await;
+    let second = publish("nats-msg-id", "evt-lowercase").await;
+    assert!(!first.duplicate && !second.duplicate);
+    assert_ne!(
+        first.sequence, second.sequence,
+        "lowercase id was deduplicated"
+    );
+
+    let third = publish("Nats-Msg-Id", "evt-canonical").await;
+    let fourth = publish("Nats-Msg-Id", "evt-canonical").await;
+    assert!(!third.duplicate);
+    assert!(fourth.duplicate, "canonical id was not deduplicated");
+    assert_eq!(third.sequence, fourth.sequence);
+
+    let mut stream = stream;
+    assert_eq!(stream.info().await.unwrap().state.messages, 3);
+    t.teardown().await;
+}
