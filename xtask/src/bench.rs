@@ -28,6 +28,9 @@ use jetstream_bridge_config::{redact_url, Config, MSG_ID_HEADER};
 use jetstream_bridge_outbox::{migrations, NewEvent, Outbox, PgPool, Relay};
 use serde_json::json;
 
+#[path = "bench_consumer.rs"]
+mod bench_consumer;
+
 /// Arguments of `cargo xtask bench`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
@@ -61,6 +64,9 @@ enum Scenario {
     /// Outbox relay throughput vs a naive raw diesel-async + async-nats relay, and
     /// commit→publish latency at 1k events/s.
     Relay,
+    /// Consumer runtime throughput with the inbox (concurrency 1 and 8) vs a naive raw
+    /// async-nats pull + diesel-async loop doing the same work.
+    Consumer,
 }
 
 /// One measured quantity with its samples.
@@ -116,6 +122,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     }
     let measurements = match args.scenario {
         Scenario::Relay => relay_scenario(&args).await?,
+        Scenario::Consumer => bench_consumer::consumer_scenario(&args).await?,
     };
     println!();
     println!(

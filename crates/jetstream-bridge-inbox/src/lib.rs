@@ -1,2 +1,9 @@
 #![doc = include_str!("../README.md")]
 #![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod error;
+pub mod migrations;
+mod store;
+
+pub use error::{InboxError, InboxErrorKind, Result};
+pub use store::{Inbox, InboxEntry, InboxStatus, Recorded};

@@ -1,0 +1,316 @@
+//! The handler API: [`Handler`], the [`Event`] it receives, and [`HandlerError`] saying what
+//! happens next.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::future::Future;
+use std::time::Duration;
+
+use diesel_async::AsyncPgConnection;
+use jetstream_bridge_config::{Envelope, Timestamp};
+
+use crate::error::BoxError;
+use crate::middleware::BoxFuture;
+
+/// One received event: the parsed envelope and where it came from.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Event {
+    /// The envelope; its `event_id` is the inbox's dedupe key (msg-id header first, then body).
+    pub envelope: Envelope,
+    /// Delivery metadata.
+    pub metadata: Metadata,
+}
+
+/// Where and how an event was delivered (from the message's ack subject and headers).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Metadata {
+    /// The subject the message was published on.
+    pub subject: String,
+    /// The stream that stores it.
+    pub stream: String,
+    /// The durable consumer that delivered it.
+    pub consumer: String,
+    /// The message's stream sequence.
+    pub stream_sequence: u64,
+    /// The consumer sequence of this delivery.
+    pub consumer_sequence: u64,
+    /// The delivery count: 1 for the first delivery.
+    pub deliveries: u32,
+    /// When the server stored the message.
+    pub published: Option<Timestamp>,
+    /// The message headers in wire order of names as received, `(name, value)`.
+    pub headers: Vec<(String, String)>,
+}
+
+/// Applies events. Implement it on your own type (it is shared by every in-flight message, so
+/// it is `Sync`; clone connections pools etc. into it).
+///
+/// With the inbox on (`use_inbox`), `conn` is `Some`: a connection **inside the inbox
+/// transaction**. Write your effects on it and they commit together with the inbox row, so
+/// they happen once per event id; returning an error rolls them back. With the inbox off,
+/// `conn` is `None` and the handler must be idempotent itself.
+///
+/// A panic in `handle` is caught and treated as [`HandlerError::retry`].
+///
+/// # Examples
+///
+/// ```
+/// use diesel_async::{AsyncPgConnection, RunQueryDsl};
+/// use jetstream_bridge_consumer::{Event, Handler, HandlerError};
+///
+/// struct ApplyBilling;
+///
+/// impl Handler for ApplyBilling {
+///     async fn handle(
+///         &self,
+///         event: &Event,
+///         conn: Option<&mut AsyncPgConnection>,
+///     ) -> Result<(), HandlerError> {
+///         if event.envelope.event_type != "invoice.paid" {
+///             return Ok(()); // not ours: ack
+///         }
+///         let Some(conn) = conn else {
+///             return Err(HandlerError::permanent("the inbox must be on"));
+///         };
+///         diesel::sql_query("UPDATE invoices SET paid = true WHERE id = $1")
+///             .bind::<diesel::sql_types::Text, _>(&event.envelope.resource_id)
+///             .execute(conn)
+///             .await?; // a database error is retried with backoff
+///         Ok(())
+///     }
+/// }
+/// ```
+pub trait Handler: Send + Sync + 'static {
+    /// Applies one event; see the trait documentation for `conn`.
+    fn handle(
+        &self,
+        event: &Event,
+        conn: Option<&mut AsyncPgConnection>,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send;
+
+    /// Batch mode hook, implemented by [`Batched`] only.
+    #[doc(hidden)]
+    fn __handle_batch<'a>(
+        &'a self,
+        _events: &'a [Event],
+        _conn: Option<&'a mut AsyncPgConnection>,
+    ) -> Option<BoxFuture<'a, Result<(), HandlerError>>> {
+        None
+    }
+}
+
+/// Applies several events at once: every event of one pull request (up to `batch_size`) that
+/// is not a duplicate, in stream order, in **one** inbox transaction with one commit and then
+/// one ack per message. Register it with
+/// [`ConsumerBuilder::batch_handler`](crate::ConsumerBuilder::batch_handler).
+///
+/// When a batch fails (any error, or a panic), its transaction rolls back and its events are
+/// processed again **one by one** (each as a one-event batch), so one poison event is retried
+/// or dead-lettered alone and its batch mates commit. Middleware wraps only these one-by-one
+/// calls, not the batch call.
+///
+/// # Examples
+///
+/// ```
+/// use diesel_async::{AsyncPgConnection, RunQueryDsl};
+/// use jetstream_bridge_consumer::{BatchHandler, Event, HandlerError};
+///
+/// struct CountEvents;
+///
+/// impl BatchHandler for CountEvents {
+///     async fn handle_batch(
+///         &self,
+///         events: &[Event],
+///         conn: Option<&mut AsyncPgConnection>,
+///     ) -> Result<(), HandlerError> {
+///         let conn = conn.ok_or_else(|| HandlerError::permanent("inbox required"))?;
+///         diesel::sql_query("UPDATE counters SET n = n + $1")
+///             .bind::<diesel::sql_types::BigInt, _>(events.len() as i64)
+///             .execute(conn)
+///             .await?;
+///         Ok(())
+///     }
+/// }
+/// ```
+pub trait BatchHandler: Send + Sync + 'static {
+    /// Applies `events` (never empty); `conn` as for [`Handler::handle`].
+    fn handle_batch(
+        &self,
+        events: &[Event],
+        conn: Option<&mut AsyncPgConnection>,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send;
+}
+
+/// A [`BatchHandler`] in the runtime's handler slot (what
+/// [`ConsumerBuilder::batch_handler`](crate::ConsumerBuilder::batch_handler) installs). As a
+/// [`Handler`] it applies one event as a one-event batch.
+#[derive(Debug, Clone)]
+pub struct Batched<B>(pub B);
+
+impl<B: BatchHandler> Handler for Batched<B> {
+    fn handle(
+        &self,
+        event: &Event,
+        conn: Option<&mut AsyncPgConnection>,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send {
+        self.0.handle_batch(std::slice::from_ref(event), conn)
+    }
+
+    fn __handle_batch<'a>(
+        &'a self,
+        events: &'a [Event],
+        conn: Option<&'a mut AsyncPgConnection>,
+    ) -> Option<BoxFuture<'a, Result<(), HandlerError>>> {
+        Some(Box::pin(self.0.handle_batch(events, conn)))
+    }
+}
+
+/// What the runtime does with a failed message, see [`HandlerError`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum HandlerAction {
+    /// NAK with the delay for this delivery (`backoff[n-1]`, the last entry repeating); on the
+    /// `max_deliver`-th delivery, dead-letter with reason `max_deliver_exceeded`.
+    Retry,
+    /// NAK with this delay (still dead-lettered on the `max_deliver`-th delivery).
+    RetryAfter(Duration),
+    /// Dead-letter now with reason `unrecoverable`.
+    Permanent,
+}
+
+/// A handler failure that says what happens next (retry with backoff, retry after a delay, or
+/// dead-letter now). `Display` is the cause's message.
+pub struct HandlerError {
+    action: HandlerAction,
+    class: Cow<'static, str>,
+    source: BoxError,
+}
+
+impl HandlerError {
+    /// Retry with the configured backoff (NAK with `backoff[deliveries-1]`).
+    pub fn retry(error: impl Into<BoxError>) -> Self {
+        Self::new(HandlerAction::Retry, error)
+    }
+
+    /// Retry after `delay` instead of the configured backoff.
+    pub fn retry_after(error: impl Into<BoxError>, delay: Duration) -> Self {
+        Self::new(HandlerAction::RetryAfter(delay), error)
+    }
+
+    /// Dead-letter now (reason `unrecoverable`); the original is acked once the DLQ publish is
+    /// acknowledged.
+    pub fn permanent(error: impl Into<BoxError>) -> Self {
+        Self::new(HandlerAction::Permanent, error)
+    }
+
+    fn new(action: HandlerAction, error: impl Into<BoxError>) -> Self {
+        Self {
+            action,
+            class: Cow::Borrowed("HandlerError"),
+            source: error.into(),
+        }
+    }
+
+    /// Sets the `error_class` written to the DLQ context (default `HandlerError`).
+    #[must_use]
+    pub fn with_class(mut self, class: impl Into<Cow<'static, str>>) -> Self {
+        self.class = class.into();
+        self
+    }
+
+    /// What happens next.
+    #[must_use]
+    pub fn action(&self) -> HandlerAction {
+        self.action
+    }
+
+    /// The `error_class` of the DLQ context.
+    #[must_use]
+    pub fn class(&self) -> &str {
+        &self.class
+    }
+
+    /// The cause.
+    #[must_use]
+    pub fn cause(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        &*self.source
+    }
+}
+
+impl fmt::Debug for HandlerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HandlerError")
+            .field("action", &self.action)
+            .field("class", &self.class)
+            .field("source", &self.source)
+            .finish()
+    }
+}
+
+impl fmt::Display for HandlerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.source, f)
+    }
+}
+
+impl std::error::Error for HandlerError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source.source()
+    }
+}
+
+/// A database error is retryable (`?` on diesel calls in a handler).
+impl From<diesel::result::Error> for HandlerError {
+    fn from(error: diesel::result::Error) -> Self {
+        Self::retry(error).with_class("DatabaseError")
+    }
+}
+
+/// The NAK delay after failed delivery `deliveries` (1-based): `backoff[n-1]`, the last entry
+/// repeating; one second when the list is empty.
+pub(crate) fn backoff_for(backoff: &[Duration], deliveries: u32) -> Duration {
+    let index = usize::try_from(deliveries.saturating_sub(1)).unwrap_or(usize::MAX);
+    backoff
+        .get(index)
+        .or(backoff.last())
+        .copied()
+        .unwrap_or(Duration::from_secs(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_uses_the_entry_for_the_delivery_and_repeats_the_last() {
+        let b = [Duration::from_millis(200), Duration::from_millis(400)];
+        assert_eq!(backoff_for(&b, 1), b[0]);
+        assert_eq!(backoff_for(&b, 2), b[1]);
+        assert_eq!(backoff_for(&b, 9), b[1]);
+        assert_eq!(backoff_for(&b, 0), b[0]);
+        assert_eq!(backoff_for(&[], 3), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn handler_error_actions() {
+        assert_eq!(HandlerError::retry("x").action(), HandlerAction::Retry);
+        let d = Duration::from_secs(3);
+        assert_eq!(
+            HandlerError::retry_after("x", d).action(),
+            HandlerAction::RetryAfter(d)
+        );
+        let p = HandlerError::permanent("bad input").with_class("Validation");
+        assert_eq!(p.action(), HandlerAction::Permanent);
+        assert_eq!(
+            (p.class(), p.to_string().as_str()),
+            ("Validation", "bad input")
+        );
+        let db = HandlerError::from(diesel::result::Error::NotFound);
+        assert_eq!(
+            (db.action(), db.class()),
+            (HandlerAction::Retry, "DatabaseError")
+        );
+    }
+}

@@ -1,0 +1,228 @@
+//! Composable middleware around the handler: [`Middleware`], [`Next`], and the built-ins
+//! [`LoggingMiddleware`], [`MetricsMiddleware`], [`TimeoutMiddleware`].
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use diesel_async::AsyncPgConnection;
+
+use crate::handler::{Event, Handler, HandlerError};
+
+/// A boxed, `Send` future (the return type of [`Middleware::call`]).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Code that runs around the handler for every event (after the envelope parsed; inside the
+/// inbox transaction when the inbox is on). Middlewares run in registration order, the first
+/// registered outermost; each calls [`Next::run`] to continue (or returns without calling it
+/// to short-circuit). Their errors are handled like the handler's.
+///
+/// # Examples
+///
+/// ```
+/// use jetstream_bridge_consumer::{BoxFuture, Event, HandlerError, Middleware, Next};
+///
+/// /// Drops events of one type without calling the handler (they are acked).
+/// struct SkipType(&'static str);
+///
+/// impl Middleware for SkipType {
+///     fn call<'a>(&'a self, event: &'a Event, next: Next<'a>) -> BoxFuture<'a, Result<(), HandlerError>> {
+///         Box::pin(async move {
+///             if event.envelope.event_type == self.0 {
+///                 return Ok(());
+///             }
+///             next.run(event).await
+///         })
+///     }
+/// }
+/// ```
+pub trait Middleware: Send + Sync + 'static {
+    /// Runs around the rest of the chain.
+    fn call<'a>(
+        &'a self,
+        event: &'a Event,
+        next: Next<'a>,
+    ) -> BoxFuture<'a, Result<(), HandlerError>>;
+}
+
+/// The handler behind a trait object.
+pub(crate) trait ErasedHandler: Send + Sync {
+    fn call<'a>(
+        &'a self,
+        event: &'a Event,
+        conn: Option<&'a mut AsyncPgConnection>,
+    ) -> BoxFuture<'a, Result<(), HandlerError>>;
+}
+
+impl<H: Handler> ErasedHandler for H {
+    fn call<'a>(
+        &'a self,
+        event: &'a Event,
+        conn: Option<&'a mut AsyncPgConnection>,
+    ) -> BoxFuture<'a, Result<(), HandlerError>> {
+        Box::pin(self.handle(event, conn))
+    }
+}
+
+/// The rest of the middleware chain and the handler (with its inbox connection).
+pub struct Next<'a> {
+    rest: &'a [Arc<dyn Middleware>],
+    conn: Option<&'a mut AsyncPgConnection>,
+    handler: &'a dyn ErasedHandler,
+}
+
+impl fmt::Debug for Next<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Next")
+            .field("middlewares_left", &self.rest.len())
+            .field("inbox_connection", &self.conn.is_some())
+            .finish()
+    }
+}
+
+impl<'a> Next<'a> {
+    pub(crate) fn new(
+        chain: &'a [Arc<dyn Middleware>],
+        conn: Option<&'a mut AsyncPgConnection>,
+        handler: &'a dyn ErasedHandler,
+    ) -> Self {
+        Self {
+            rest: chain,
+            conn,
+            handler,
+        }
+    }
+
+    /// Runs the next middleware, or the handler after the last one.
+    ///
+    /// # Errors
+    ///
+    /// What the rest of the chain returns.
+    ///
+    /// # Cancel safety
+    ///
+    /// As the handler's: cancelling rolls the inbox transaction back.
+    pub async fn run(self, event: &'a Event) -> Result<(), HandlerError> {
+        match self.rest.split_first() {
+            Some((first, rest)) => {
+                first
+                    .call(
+                        event,
+                        Next {
+                            rest,
+                            conn: self.conn,
+                            handler: self.handler,
+                        },
+                    )
+                    .await
+            }
+            None => self.handler.call(event, self.conn).await,
+        }
+    }
+}
+
+/// Logs every event: debug when it starts, info when it succeeds, warn when it fails, with the
+/// duration (the tracing span around it carries event_id, subject, stream_seq, deliveries).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LoggingMiddleware;
+
+impl Middleware for LoggingMiddleware {
+    fn call<'a>(
+        &'a self,
+        event: &'a Event,
+        next: Next<'a>,
+    ) -> BoxFuture<'a, Result<(), HandlerError>> {
+        Box::pin(async move {
+            let started = Instant::now();
+            tracing::debug!(event_type = %event.envelope.event_type, "handling event");
+            let result = next.run(event).await;
+            let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+            match &result {
+                Ok(()) => {
+                    tracing::info!(event_type = %event.envelope.event_type, elapsed_ms, "event handled")
+                }
+                Err(e) => tracing::warn!(event_type = %event.envelope.event_type, elapsed_ms,
+                    error = %e, class = e.class(), "event failed"),
+            }
+            result
+        })
+    }
+}
+
+/// Calls a hook after every event with the outcome and the duration (e.g. to feed
+/// `jetstream_messages_total` and `jetstream_processing_duration_seconds`).
+pub struct MetricsMiddleware<F> {
+    hook: F,
+}
+
+impl<F> fmt::Debug for MetricsMiddleware<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MetricsMiddleware").finish_non_exhaustive()
+    }
+}
+
+impl<F> MetricsMiddleware<F>
+where
+    F: Fn(&Event, Result<(), &HandlerError>, Duration) + Send + Sync + 'static,
+{
+    /// A middleware calling `hook(event, outcome, duration)` after every event.
+    pub fn new(hook: F) -> Self {
+        Self { hook }
+    }
+}
+
+impl<F> Middleware for MetricsMiddleware<F>
+where
+    F: Fn(&Event, Result<(), &HandlerError>, Duration) + Send + Sync + 'static,
+{
+    fn call<'a>(
+        &'a self,
+        event: &'a Event,
+        next: Next<'a>,
+    ) -> BoxFuture<'a, Result<(), HandlerError>> {
+        Box::pin(async move {
+            let started = Instant::now();
+            let result = next.run(event).await;
+            (self.hook)(event, result.as_ref().map(|_| ()), started.elapsed());
+            result
+        })
+    }
+}
+
+/// Fails an event whose rest of the chain runs longer than the limit (retryable, error class
+/// `Timeout`; the inbox transaction rolls back). Same as
+/// [`ConsumerBuilder::handler_timeout`](crate::ConsumerBuilder::handler_timeout), but
+/// placeable in the chain.
+#[derive(Debug, Clone, Copy)]
+pub struct TimeoutMiddleware {
+    limit: Duration,
+}
+
+impl TimeoutMiddleware {
+    /// A middleware with this time limit.
+    #[must_use]
+    pub const fn new(limit: Duration) -> Self {
+        Self { limit }
+    }
+}
+
+impl Middleware for TimeoutMiddleware {
+    fn call<'a>(
+        &'a self,
+        event: &'a Event,
+        next: Next<'a>,
+    ) -> BoxFuture<'a, Result<(), HandlerError>> {
+        Box::pin(async move {
+            match tokio::time::timeout(self.limit, next.run(event)).await {
+                Ok(result) => result,
+                Err(_) => Err(HandlerError::retry(format!(
+                    "handler did not finish within {:?}",
+                    self.limit
+                ))
+                .with_class("Timeout")),
+            }
+        })
+    }
+}

@@ -1,0 +1,510 @@
+//! One message: parse, inbox transaction + handler, then ack, NAK with delay, DLQ or TERM.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use async_nats::jetstream::{AckKind, Message};
+use diesel_async::{AsyncConnection, AsyncPgConnection};
+use futures_util::FutureExt;
+use jetstream_bridge_config::{resolve_event_id, DlqReason, Envelope, Timestamp};
+use jetstream_bridge_inbox::{InboxEntry, InboxError, Recorded};
+use tracing::{debug, error, warn, Instrument};
+
+use crate::dlq::DeadLetter;
+use crate::handler::{backoff_for, Event, Handler, HandlerAction, HandlerError, Metadata};
+use crate::middleware::Next;
+use crate::runtime::Shared;
+
+/// How an attempt ended without error.
+enum Done {
+    Processed,
+    Duplicate,
+}
+
+/// Errors of the inbox transaction.
+enum TxError {
+    Handler(HandlerError),
+    Inbox(InboxError),
+    Database(diesel::result::Error),
+}
+
+impl From<diesel::result::Error> for TxError {
+    fn from(e: diesel::result::Error) -> Self {
+        Self::Database(e)
+    }
+}
+
+impl From<InboxError> for TxError {
+    fn from(e: InboxError) -> Self {
+        Self::Inbox(e)
+    }
+}
+
+impl From<TxError> for HandlerError {
+    fn from(e: TxError) -> Self {
+        match e {
+            TxError::Handler(e) => e,
+            TxError::Inbox(e) => Self::retry(e).with_class("InboxError"),
+            TxError::Database(e) => Self::from(e),
+        }
+    }
+}
+
+/// The message's metadata, from its ack subject and headers.
+pub(crate) fn metadata(message: &Message) -> Metadata {
+    let headers: Vec<(String, String)> = message
+        .headers
+        .as_ref()
+        .map(|h| {
+            h.iter()
+                .flat_map(|(name, values)| {
+                    let name: &str = name.as_ref();
+                    values
+                        .iter()
+                        .map(move |v| (name.to_owned(), v.as_str().to_owned()))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let subject = message.subject.to_string();
+    match message.info() {
+        Ok(info) => Metadata {
+            subject,
+            stream: info.stream.to_owned(),
+            consumer: info.consumer.to_owned(),
+            stream_sequence: info.stream_sequence,
+            consumer_sequence: info.consumer_sequence,
+            deliveries: u32::try_from(info.delivered.max(1)).unwrap_or(u32::MAX),
+            published: Timestamp::from_offset_date_time(info.published).ok(),
+            headers,
+        },
+        Err(_) => Metadata {
+            subject,
+            stream: String::new(),
+            consumer: String::new(),
+            stream_sequence: 0,
+            consumer_sequence: 0,
+            deliveries: 1,
+            published: None,
+            headers,
+        },
+    }
+}
+
+impl<H: Handler> Shared<H> {
+    /// Processes one message to its final ack / NAK / TERM. Never panics (the handler's panics
+    /// are caught), never returns an error (failures are logged and counted).
+    pub(crate) async fn process(&self, message: &Message) {
+        let meta = metadata(message);
+        let span = tracing::info_span!(
+            "jetstream_bridge.handle",
+            event_id = tracing::field::Empty,
+            subject = %meta.subject,
+            stream_seq = meta.stream_sequence,
+            deliveries = meta.deliveries,
+        );
+        self.process_in_span(message, meta, span.clone())
+            .instrument(span)
+            .await;
+    }
+
+    async fn process_in_span(&self, message: &Message, meta: Metadata, span: tracing::Span) {
+        let envelope = match Envelope::from_message(meta.headers.iter().cloned(), &message.payload)
+        {
+            Ok(envelope) => envelope,
+            Err(e) => {
+                let event_id = resolve_event_id(meta.headers.iter().cloned(), None);
+                if let Some(id) = &event_id {
+                    span.record("event_id", id.as_str());
+                }
+                warn!(error = %e, "malformed message body, dead-lettering");
+                self.dead_letter(
+                    message,
+                    &meta,
+                    event_id.as_ref().map(|id| id.as_str()),
+                    DlqReason::MalformedJson,
+                    "EnvelopeError",
+                    e.to_string(),
+                )
+                .await;
+                return;
+            }
+        };
+        span.record("event_id", envelope.event_id.as_str());
+        let event = Event {
+            envelope,
+            metadata: meta,
+        };
+        let outcome = self.with_progress(&[message], self.attempt(&event)).await;
+        let meta = &event.metadata;
+        let event_id = event.envelope.event_id.as_str();
+        match outcome {
+            Ok(done) => {
+                if let Err(e) = message.ack_with(AckKind::Ack).await {
+                    warn!(error = %e, "ack failed; the message will be redelivered and deduplicated");
+                }
+                self.stats.send_modify(|s| match done {
+                    Done::Processed => s.processed += 1,
+                    Done::Duplicate => s.duplicates += 1,
+                });
+                debug!("acked");
+            }
+            Err(e) => {
+                if self.pool.is_some() && self.use_inbox {
+                    self.record_failure(&event, &e).await;
+                }
+                let max_deliver = self.max_deliver.load(Ordering::Relaxed);
+                let reason = match e.action() {
+                    HandlerAction::Permanent => Some(DlqReason::Unrecoverable),
+                    _ if meta.deliveries >= max_deliver => Some(DlqReason::MaxDeliverExceeded),
+                    _ => None,
+                };
+                match reason {
+                    Some(reason) => {
+                        warn!(error = %e, %reason, "handler failed, dead-lettering");
+                        self.dead_letter(
+                            message,
+                            meta,
+                            Some(event_id),
+                            reason,
+                            e.class(),
+                            e.to_string(),
+                        )
+                        .await;
+                    }
+                    None => {
+                        let delay = match e.action() {
+                            HandlerAction::RetryAfter(d) => d,
+                            _ => backoff_for(&self.backoff, meta.deliveries),
+                        };
+                        warn!(error = %e, delay = ?delay, "handler failed, retrying");
+                        self.nak(message, delay).await;
+                        self.stats.send_modify(|s| s.retried += 1);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Batch mode: the well-formed events of one pull request go to the batch handler in one
+    /// inbox transaction; malformed ones are dead-lettered one by one; a failed batch is
+    /// processed again message by message.
+    pub(crate) async fn process_batch(&self, messages: &[Message]) {
+        let mut parsed: Vec<(&Message, Event)> = Vec::with_capacity(messages.len());
+        for message in messages {
+            let meta = metadata(message);
+            match Envelope::from_message(meta.headers.iter().cloned(), &message.payload) {
+                Ok(envelope) => parsed.push((
+                    message,
+                    Event {
+                        envelope,
+                        metadata: meta,
+                    },
+                )),
+                // The single-message path dead-letters it (malformed_json).
+                Err(_) => self.process(message).await,
+            }
+        }
+        if parsed.is_empty() {
+            return;
+        }
+        let refs: Vec<&Message> = parsed.iter().map(|(m, _)| *m).collect();
+        let events: Vec<Event> = parsed.iter().map(|(_, e)| e.clone()).collect();
+        let span = tracing::info_span!("jetstream_bridge.handle_batch", events = events.len());
+        let outcome = self
+            .with_progress(&refs, self.attempt_batch(&events))
+            .instrument(span)
+            .await;
+        match outcome {
+            Ok(duplicate) => {
+                for message in &refs {
+                    if let Err(e) = message.ack_with(AckKind::Ack).await {
+                        warn!(error = %e, "ack failed; the message will be redelivered and deduplicated");
+                    }
+                }
+                let dups = duplicate.iter().filter(|d| **d).count() as u64;
+                let done = duplicate.len() as u64 - dups;
+                self.stats.send_modify(|s| {
+                    s.processed += done;
+                    s.duplicates += dups;
+                });
+            }
+            Err(e) => {
+                warn!(error = %e, events = refs.len(), "batch failed; processing its events one by one");
+                for message in refs {
+                    self.process(message).await;
+                }
+            }
+        }
+    }
+
+    /// One batch attempt; `Ok` holds, per event, whether it was a duplicate.
+    async fn attempt_batch(&self, events: &[Event]) -> Result<Vec<bool>, HandlerError> {
+        let work = async {
+            match (&self.pool, self.use_inbox) {
+                (Some(pool), true) => {
+                    let mut conn = pool
+                        .get()
+                        .await
+                        .map_err(|e| HandlerError::retry(e.to_string()).with_class("PoolError"))?;
+                    // Claim in event-id order (fewer lock-order deadlocks between instances);
+                    // hand the fresh events to the handler in stream order.
+                    let mut order: Vec<usize> = (0..events.len()).collect();
+                    order.sort_by(|a, b| {
+                        events[*a]
+                            .envelope
+                            .event_id
+                            .as_str()
+                            .cmp(events[*b].envelope.event_id.as_str())
+                    });
+                    let out = conn
+                        .transaction::<Vec<bool>, TxError, _>(async |conn| {
+                            let mut duplicate = vec![false; events.len()];
+                            for &i in &order {
+                                let entry = inbox_entry(&events[i]);
+                                duplicate[i] = self.inbox.record_processed(conn, &entry).await?
+                                    == Recorded::Duplicate;
+                            }
+                            let fresh: Vec<Event> = events
+                                .iter()
+                                .zip(&duplicate)
+                                .filter(|(_, d)| !**d)
+                                .map(|(e, _)| e.clone())
+                                .collect();
+                            if !fresh.is_empty() {
+                                self.call_batch(&fresh, Some(conn))
+                                    .await
+                                    .map_err(TxError::Handler)?;
+                            }
+                            Ok(duplicate)
+                        })
+                        .await?;
+                    Ok(out)
+                }
+                _ => {
+                    self.call_batch(events, None).await?;
+                    Ok(vec![false; events.len()])
+                }
+            }
+        };
+        match self.handler_timeout {
+            Some(limit) => match tokio::time::timeout(limit, work).await {
+                Ok(out) => out,
+                Err(_) => Err(HandlerError::retry(format!(
+                    "batch handler did not finish within {limit:?}"
+                ))
+                .with_class("Timeout")),
+            },
+            None => work.await,
+        }
+    }
+
+    /// The batch handler, with a panic turned into a retryable error.
+    async fn call_batch(
+        &self,
+        events: &[Event],
+        conn: Option<&mut AsyncPgConnection>,
+    ) -> Result<(), HandlerError> {
+        let Some(call) = self.handler.__handle_batch(events, conn) else {
+            return Err(HandlerError::permanent("not a batch handler"));
+        };
+        match AssertUnwindSafe(call).catch_unwind().await {
+            Ok(result) => result,
+            Err(_) => {
+                self.stats.send_modify(|s| s.panics += 1);
+                error!("batch handler panicked");
+                Err(HandlerError::retry("batch handler panicked").with_class("Panic"))
+            }
+        }
+    }
+
+    /// Runs `work`, sending an in-progress ack for each of `messages` every
+    /// `progress_interval` while it runs.
+    async fn with_progress<T>(
+        &self,
+        messages: &[&Message],
+        work: impl std::future::Future<Output = T>,
+    ) -> T {
+        let mut work = std::pin::pin!(work);
+        let Some(every) = self.progress_interval else {
+            return work.await;
+        };
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        loop {
+            tokio::select! {
+                biased;
+                out = &mut work => return out,
+                _ = ticker.tick() => {
+                    for message in messages {
+                        if message.ack_with(AckKind::Progress).await.is_ok() {
+                            self.stats.send_modify(|s| s.progress_acks += 1);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// One attempt: with the inbox, its transaction around the handler; without, the handler.
+    async fn attempt(&self, event: &Event) -> Result<Done, HandlerError> {
+        let work = async {
+            match (&self.pool, self.use_inbox) {
+                (Some(pool), true) => {
+                    let mut conn = pool
+                        .get()
+                        .await
+                        .map_err(|e| HandlerError::retry(e.to_string()).with_class("PoolError"))?;
+                    self.in_transaction(&mut conn, event).await
+                }
+                _ => self
+                    .call_handler(event, None)
+                    .await
+                    .map(|()| Done::Processed),
+            }
+        };
+        match self.handler_timeout {
+            Some(limit) => match tokio::time::timeout(limit, work).await {
+                Ok(out) => out,
+                Err(_) => Err(HandlerError::retry(format!(
+                    "handler did not finish within {limit:?}"
+                ))
+                .with_class("Timeout")),
+            },
+            None => work.await,
+        }
+    }
+
+    async fn in_transaction(
+        &self,
+        conn: &mut AsyncPgConnection,
+        event: &Event,
+    ) -> Result<Done, HandlerError> {
+        let entry = inbox_entry(event);
+        let done = conn
+            .transaction::<Done, TxError, _>(async |conn| {
+                // Written as processed at once: the row commits only with the handler's writes.
+                if self.inbox.record_processed(conn, &entry).await? == Recorded::Duplicate {
+                    return Ok(Done::Duplicate);
+                }
+                self.call_handler(event, Some(conn))
+                    .await
+                    .map_err(TxError::Handler)?;
+                Ok(Done::Processed)
+            })
+            .await?;
+        Ok(done)
+    }
+
+    /// The middleware chain and the handler, with a panic turned into a retryable error.
+    async fn call_handler(
+        &self,
+        event: &Event,
+        conn: Option<&mut AsyncPgConnection>,
+    ) -> Result<(), HandlerError> {
+        let chain = Next::new(&self.middleware, conn, &self.handler);
+        match AssertUnwindSafe(chain.run(event)).catch_unwind().await {
+            Ok(result) => result,
+            Err(panic) => {
+                self.stats.send_modify(|s| s.panics += 1);
+                let text = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "handler panicked".to_owned());
+                error!(panic = %text, "handler panicked");
+                Err(HandlerError::retry(format!("handler panicked: {text}")).with_class("Panic"))
+            }
+        }
+    }
+
+    async fn record_failure(&self, event: &Event, error: &HandlerError) {
+        let Some(pool) = &self.pool else { return };
+        let entry = inbox_entry(event);
+        let result = match pool.get().await {
+            Ok(mut conn) => self
+                .inbox
+                .record_failure(&mut conn, &entry, &format!("{}: {error}", error.class()))
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = result {
+            warn!(error = %e, "could not record the failed attempt in the inbox");
+        }
+    }
+
+    pub(crate) async fn nak(&self, message: &Message, delay: Duration) {
+        if let Err(e) = message.ack_with(AckKind::Nak(Some(delay))).await {
+            warn!(error = %e, "NAK failed; the message will be redelivered after ack_wait");
+        }
+    }
+
+    /// Publishes the DLQ copy and acks the original once the PubAck arrived; NAKs with the
+    /// delay for this delivery when the publish fails; TERMs when the DLQ is off.
+    async fn dead_letter(
+        &self,
+        message: &Message,
+        meta: &Metadata,
+        event_id: Option<&str>,
+        reason: DlqReason,
+        error_class: &str,
+        error_message: String,
+    ) {
+        if !self.use_dlq {
+            error!(%reason, "use_dlq is off: terminating the message (no more redeliveries)");
+            if let Err(e) = message.ack_with(AckKind::Term).await {
+                warn!(error = %e, "TERM failed; the message will be redelivered");
+            }
+            self.stats.send_modify(|s| s.terminated += 1);
+            return;
+        }
+        let letter = DeadLetter {
+            reason,
+            event_id,
+            error_class,
+            error_message,
+            deliveries: meta.deliveries,
+            subject: &meta.subject,
+            stream: &meta.stream,
+            consumer: &meta.consumer,
+            stream_sequence: meta.stream_sequence,
+        };
+        let headers = letter.headers(message.headers.as_ref());
+        let published = match self
+            .js
+            .publish_with_headers(self.dlq_subject.clone(), headers, message.payload.clone())
+            .await
+        {
+            Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match published {
+            Ok(()) => {
+                if let Err(e) = message.ack_with(AckKind::Ack).await {
+                    warn!(error = %e, "ack after DLQ publish failed; a redelivery is deduplicated by the DLQ msg-id");
+                }
+                self.stats.send_modify(|s| s.dead_lettered += 1);
+            }
+            Err(e) => {
+                let delay = backoff_for(&self.backoff, meta.deliveries);
+                error!(error = %e, delay = ?delay, dlq_subject = %self.dlq_subject,
+                    "DLQ publish failed; the original is not acked");
+                self.nak(message, delay).await;
+                self.stats.send_modify(|s| s.dlq_publish_failures += 1);
+            }
+        }
+    }
+}
+
+fn inbox_entry(event: &Event) -> InboxEntry {
+    let meta = &event.metadata;
+    InboxEntry::from_envelope(&event.envelope)
+        .with_message(
+            meta.subject.as_str(),
+            meta.stream.as_str(),
+            meta.stream_sequence,
+            meta.deliveries,
+        )
+        .with_headers(meta.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+}

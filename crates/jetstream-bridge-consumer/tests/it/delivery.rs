@@ -1,0 +1,212 @@
+//! Delivery: exactly-once effects, gem-published messages, panics, concurrency, in-progress acks.
+
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use jetstream_bridge_config::{Envelope, SubjectLayout};
+use jetstream_bridge_inbox::{Inbox, InboxStatus};
+
+use crate::{count, envelope, wait, Behaviour, Env, TestHandler};
+
+/// The same event stored twice (gem-style lowercase msg-id, not deduplicated by the server) has
+/// its effects once: the second copy is acked as a duplicate without calling the handler.
+#[tokio::test(flavor = "multi_thread")]
+async fn same_event_delivered_twice_has_effects_once() {
+    let env = Env::new(|c| c).await;
+    let e = envelope(1);
+    let first = env.publish_gem(&e).await;
+    let second = env.publish_gem(&e).await;
+    assert_ne!(first, second, "the server stored both copies");
+    let handler = TestHandler::new(Behaviour::Succeed);
+    let handle = env
+        .consumer()
+        .handler(handler.clone())
+        .build()
+        .unwrap()
+        .spawn();
+    let stats = wait(&handle, |s| s.processed + s.duplicates >= 2).await;
+    assert_eq!((stats.processed, stats.duplicates), (1, 1));
+    assert_eq!(handler.calls().len(), 1);
+    assert_eq!(env.effects().await, 1);
+    let mut conn = env.db.conn().await;
+    assert_eq!(
+        Inbox::new()
+            .status(&mut conn, e.event_id.as_str())
+            .await
+            .unwrap(),
+        Some(InboxStatus::Processed)
+    );
+    drop(conn);
+    handle.shutdown().await.unwrap();
+    assert_eq!(env.main_stream_len().await, 0, "both copies acked");
+    env.teardown().await;
+}
+
+/// Messages exactly as the Ruby gem publishes them (gem key order, lowercase `nats-msg-id`
+/// only) are consumed, on env-prefixed (4.x) and env-less (7.x) subjects.
+#[tokio::test(flavor = "multi_thread")]
+async fn gem_published_messages_are_consumed_in_both_layouts() {
+    for (layout, fixture) in [
+        (
+            SubjectLayout::EnvPrefixed,
+            include_str!(
+                "../../../jetstream-bridge-config/tests/fixtures/gem-4.x/user_created.json"
+            ),
+        ),
+        (
+            SubjectLayout::EnvLess,
+            include_str!(
+                "../../../jetstream-bridge-config/tests/fixtures/gem-7.x/user_created.json"
+            ),
+        ),
+    ] {
+        let env = Env::with_layout(layout, |c| c).await;
+        let body = fixture.trim_end().as_bytes().to_vec();
+        let parsed = Envelope::from_slice(&body).unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert("nats-msg-id", parsed.event_id.as_str());
+        env.publish_raw(headers, body).await;
+        let handler = TestHandler::new(Behaviour::Succeed);
+        let handle = env
+            .consumer()
+            .handler(handler.clone())
+            .build()
+            .unwrap()
+            .spawn();
+        wait(&handle, |s| s.processed >= 1).await;
+        let calls = handler.calls();
+        assert_eq!(calls[0].event_id, parsed.event_id.as_str(), "{layout:?}");
+        assert_eq!(calls[0].deliveries, 1);
+        handle.shutdown().await.unwrap();
+        assert_eq!(env.effects().await, 1);
+        env.teardown().await;
+    }
+}
+
+/// A handler panic is a retryable failure of that message; the runtime keeps running.
+#[tokio::test(flavor = "multi_thread")]
+async fn handler_panic_is_retried_and_the_runtime_lives() {
+    let env = Env::new(|c| c).await;
+    let handler = TestHandler::new(Behaviour::PanicFirst);
+    let handle = env
+        .consumer()
+        .handler(handler.clone())
+        .build()
+        .unwrap()
+        .spawn();
+    env.publish_gem(&envelope(1)).await;
+    let stats = wait(&handle, |s| s.processed >= 1).await;
+    assert_eq!((stats.panics, stats.retried), (1, 1));
+    env.publish_gem(&envelope(2)).await;
+    wait(&handle, |s| s.processed >= 2).await;
+    let deliveries: Vec<u32> = handler.calls().iter().map(|c| c.deliveries).collect();
+    assert_eq!(deliveries, [1, 2, 1]);
+    // The panicked attempt's effect rolled back: one row per event.
+    assert_eq!(env.effects().await, 2);
+    assert_eq!(
+        count(
+            &env.db,
+            "SELECT count(*) AS n FROM jetstream_inbox_events WHERE status = 'processed' \
+             AND processing_attempts = 2"
+        )
+        .await,
+        1
+    );
+    handle.shutdown().await.unwrap();
+    env.teardown().await;
+}
+
+/// Concurrency is bounded: with 3 slots no more than 3 handlers run at once (and 3 do).
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrency_is_bounded() {
+    let env = Env::new(|c| c.batch_size(10)).await;
+    for n in 0..9 {
+        env.publish_gem(&envelope(n)).await;
+    }
+    let handler = TestHandler::new(Behaviour::Sleep(Duration::from_millis(300)));
+    let handle = env
+        .consumer()
+        .handler(handler.clone())
+        .concurrency(3)
+        .build()
+        .unwrap()
+        .spawn();
+    wait(&handle, |s| s.processed >= 9).await;
+    assert_eq!(handler.max_running(), 3);
+    handle.shutdown().await.unwrap();
+    assert_eq!(env.effects().await, 9);
+    env.teardown().await;
+}
+
+/// The default concurrency of 1 is strictly sequential, in stream order.
+#[tokio::test(flavor = "multi_thread")]
+async fn default_concurrency_is_sequential_in_order() {
+    let env = Env::new(|c| c).await;
+    let mut seqs = Vec::new();
+    for n in 0..5 {
+        seqs.push(env.publish_gem(&envelope(n)).await);
+    }
+    let handler = TestHandler::new(Behaviour::Sleep(Duration::from_millis(20)));
+    let handle = env
+        .consumer()
+        .handler(handler.clone())
+        .build()
+        .unwrap()
+        .spawn();
+    wait(&handle, |s| s.processed >= 5).await;
+    assert_eq!(handler.max_running(), 1);
+    let order: Vec<u64> = handler.calls().iter().map(|c| c.stream_sequence).collect();
+    assert_eq!(order, seqs);
+    handle.shutdown().await.unwrap();
+    env.teardown().await;
+}
+
+/// A handler running longer than `ack_wait` is kept by in-progress acks: delivered once.
+#[tokio::test(flavor = "multi_thread")]
+async fn in_progress_acks_keep_a_long_handler_from_redelivery() {
+    let env = Env::new(|c| c.ack_wait("1s")).await;
+    env.publish_gem(&envelope(1)).await;
+    let handler = TestHandler::new(Behaviour::Sleep(Duration::from_millis(2500)));
+    let handle = env
+        .consumer()
+        .handler(handler.clone())
+        .build()
+        .unwrap()
+        .spawn();
+    let stats = wait(&handle, |s| s.processed >= 1).await;
+    assert!(stats.progress_acks >= 3, "{stats:?}");
+    let calls = handler.calls();
+    assert_eq!(
+        calls.len(),
+        1,
+        "redelivered despite progress acks: {calls:?}"
+    );
+    handle.shutdown().await.unwrap();
+    env.teardown().await;
+}
+
+/// Push mode (queue subscription on the delivery subject, no JS API call): the same
+/// guarantees: a duplicate is acked without the handler, a panic is retried after the backoff.
+#[tokio::test(flavor = "multi_thread")]
+async fn push_mode_consumes_with_the_same_guarantees() {
+    let env = Env::new(|c| c.consumer_mode(jetstream_bridge_config::ConsumerMode::Push)).await;
+    let handler = TestHandler::new(Behaviour::PanicFirst);
+    let handle = env
+        .consumer()
+        .handler(handler.clone())
+        .build()
+        .unwrap()
+        .spawn();
+    let e = envelope(1);
+    env.publish_gem(&e).await;
+    env.publish_gem(&e).await;
+    env.publish_gem(&envelope(2)).await;
+    let stats = wait(&handle, |s| s.processed + s.duplicates >= 3).await;
+    assert_eq!((stats.processed, stats.duplicates), (2, 1), "{stats:?}");
+    assert_eq!((stats.panics, stats.retried), (1, 1));
+    let report = handle.shutdown().await.unwrap();
+    assert_eq!(report.abandoned, 0);
+    assert_eq!(env.effects().await, 2);
+    assert_eq!(env.main_stream_len().await, 0);
+    env.teardown().await;
+}

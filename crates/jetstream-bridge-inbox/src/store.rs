@@ -1,0 +1,428 @@
+//! [`Inbox`]: record, mark and prune rows of `jetstream_inbox_events`.
+
+use std::time::Duration;
+
+use diesel::sql_types::{BigInt, Integer, Jsonb, Nullable, Text};
+use diesel::QueryableByName;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use jetstream_bridge_config::Envelope;
+use serde_json::Value;
+
+use crate::error::{InboxError, InboxErrorKind, Result};
+
+/// One received event as the inbox stores it (a wire struct: public fields, one per column).
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct InboxEntry {
+    /// The dedupe key: the envelope's event id (from the msg-id header, else the body).
+    pub event_id: String,
+    /// The envelope's `event_type`.
+    pub event_type: String,
+    /// The envelope's `resource_type`.
+    pub resource_type: Option<String>,
+    /// The envelope's `resource_id`.
+    pub resource_id: Option<String>,
+    /// The whole envelope as a JSON object.
+    pub payload: Value,
+    /// The subject the message arrived on.
+    pub subject: Option<String>,
+    /// The message headers as a JSON object (`{name: value}`).
+    pub headers: Value,
+    /// The stream that stored the message.
+    pub stream: Option<String>,
+    /// The message's stream sequence.
+    pub stream_seq: Option<u64>,
+    /// The delivery count of this delivery (1 for the first).
+    pub deliveries: Option<u32>,
+}
+
+impl InboxEntry {
+    /// An entry for `envelope` with no message metadata (set the public fields to add it).
+    #[must_use]
+    pub fn from_envelope(envelope: &Envelope) -> Self {
+        let payload = serde_json::from_slice(&envelope.to_vec()).unwrap_or(Value::Null);
+        Self {
+            event_id: envelope.event_id.as_str().to_owned(),
+            event_type: envelope.event_type.clone(),
+            resource_type: Some(envelope.resource_type.clone()),
+            resource_id: Some(envelope.resource_id.clone()),
+            payload,
+            subject: None,
+            headers: Value::Object(serde_json::Map::new()),
+            stream: None,
+            stream_seq: None,
+            deliveries: None,
+        }
+    }
+
+    /// Sets the message metadata: subject, stream, stream sequence and delivery count.
+    #[must_use]
+    pub fn with_message(
+        mut self,
+        subject: impl Into<String>,
+        stream: impl Into<String>,
+        stream_seq: u64,
+        deliveries: u32,
+    ) -> Self {
+        self.subject = Some(subject.into());
+        self.stream = Some(stream.into());
+        self.stream_seq = Some(stream_seq);
+        self.deliveries = Some(deliveries);
+        self
+    }
+
+    /// Sets the headers from `(name, value)` pairs (the first value of a name wins).
+    #[must_use]
+    pub fn with_headers<I, K, V>(mut self, headers: I) -> Self
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: AsRef<str>,
+        V: AsRef<str>,
+    {
+        let mut map = serde_json::Map::new();
+        for (name, value) in headers {
+            map.entry(name.as_ref().to_owned())
+                .or_insert_with(|| Value::String(value.as_ref().to_owned()));
+        }
+        self.headers = Value::Object(map);
+        self
+    }
+
+    fn stream_seq_i64(&self) -> Result<Option<i64>> {
+        self.stream_seq
+            .map(i64::try_from)
+            .transpose()
+            .map_err(|e| InboxError::with_source(InboxErrorKind::InvalidEntry, e))
+    }
+
+    fn deliveries_i32(&self) -> Option<i32> {
+        self.deliveries
+            .map(|d| i32::try_from(d).unwrap_or(i32::MAX))
+    }
+}
+
+/// What [`Inbox::record`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub enum Recorded {
+    /// The event is not processed yet: its row is now `processing` (inserted, or an earlier
+    /// failed attempt claimed again) and locked by the caller's transaction. Run the handler.
+    New,
+    /// The event was already processed: skip the handler and ack the message.
+    Duplicate,
+}
+
+/// The `status` column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum InboxStatus {
+    /// Written by a plain insert (the column default); the runtime never leaves a row here.
+    Received,
+    /// Claimed by a running attempt (visible only inside its transaction, or after a crash of
+    /// a runtime that wrote it some other way).
+    Processing,
+    /// The handler's writes committed with this row.
+    Processed,
+    /// The last attempt failed; `error_message`, `failed_at`, `processing_attempts` say how.
+    Failed,
+}
+
+impl InboxStatus {
+    /// The column value.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Received => "received",
+            Self::Processing => "processing",
+            Self::Processed => "processed",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+/// The inbox of table `jetstream_inbox_events` (migration in [`crate::migrations`]).
+///
+/// Stateless: the methods take the connection to use, so [`record`](Self::record) and
+/// [`mark_processed`](Self::mark_processed) run inside the caller's transaction together with
+/// the handler's writes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Inbox {
+    _private: (),
+}
+
+#[derive(QueryableByName)]
+struct Id {
+    #[diesel(sql_type = BigInt)]
+    #[allow(dead_code)]
+    id: i64,
+}
+
+impl Inbox {
+    /// The inbox.
+    #[must_use]
+    pub const fn new() -> Self {
+        Self { _private: () }
+    }
+
+    /// Records the start of an attempt to process `entry`, inside the caller's transaction.
+    ///
+    /// One statement: `INSERT … ON CONFLICT (event_id) DO UPDATE … WHERE status <> 'processed'`.
+    /// A new or not-yet-processed event becomes `processing` (attempts + 1) and its row stays
+    /// locked until the transaction ends, so a concurrent attempt on the same event (another
+    /// instance, or a second copy of the message) waits and then sees
+    /// [`Recorded::Duplicate`] if this one committed. `stream_seq` is stored only when no other
+    /// event already holds the same `(stream, stream_seq)` (a recreated stream restarts its
+    /// sequences).
+    ///
+    /// # Errors
+    ///
+    /// [`Database`](InboxErrorKind::Database) when the statement fails (the transaction is then
+    /// aborted); [`InvalidEntry`](InboxErrorKind::InvalidEntry) for a stream sequence above
+    /// `i64::MAX`.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe on its own: cancel the surrounding transaction instead (it rolls back).
+    pub async fn record(
+        &self,
+        conn: &mut AsyncPgConnection,
+        entry: &InboxEntry,
+    ) -> Result<Recorded> {
+        self.upsert(conn, entry, "processing", "NULL").await
+    }
+
+    /// [`record`](Self::record) and [`mark_processed`](Self::mark_processed) in one statement:
+    /// the row is written as `processed` right away. Use it only inside a transaction that
+    /// commits exactly when the handler's writes commit (as the consumer runtime does): a
+    /// rollback removes the claim with everything else, and other sessions never see the row
+    /// before the commit. Saves one round trip per event.
+    ///
+    /// # Errors
+    ///
+    /// As [`record`](Self::record).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`record`](Self::record).
+    pub async fn record_processed(
+        &self,
+        conn: &mut AsyncPgConnection,
+        entry: &InboxEntry,
+    ) -> Result<Recorded> {
+        self.upsert(conn, entry, "processed", "now()").await
+    }
+
+    async fn upsert(
+        &self,
+        conn: &mut AsyncPgConnection,
+        entry: &InboxEntry,
+        status: &str,
+        processed_at: &str,
+    ) -> Result<Recorded> {
+        let sql = format!(
+            "INSERT INTO jetstream_inbox_events AS i \
+               (event_id, event_type, resource_type, resource_id, payload, subject, headers, \
+                stream, stream_seq, deliveries, status, processing_attempts, processed_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, \
+               CASE WHEN EXISTS (SELECT 1 FROM jetstream_inbox_events o \
+                                 WHERE o.stream = $8 AND o.stream_seq = $9 AND o.event_id <> $1) \
+                    THEN NULL ELSE $9 END, \
+               $10, '{status}', 1, {processed_at}) \
+             ON CONFLICT (event_id) DO UPDATE SET \
+               status = '{status}', \
+               processing_attempts = i.processing_attempts + 1, \
+               deliveries = EXCLUDED.deliveries, \
+               subject = coalesce(EXCLUDED.subject, i.subject), \
+               headers = EXCLUDED.headers, \
+               processed_at = EXCLUDED.processed_at, \
+               updated_at = now() \
+             WHERE i.status <> 'processed' \
+             RETURNING i.id"
+        );
+        let rows: Vec<Id> = diesel::sql_query(sql)
+            .bind::<Text, _>(&entry.event_id)
+            .bind::<Text, _>(&entry.event_type)
+            .bind::<Nullable<Text>, _>(entry.resource_type.as_deref())
+            .bind::<Nullable<Text>, _>(entry.resource_id.as_deref())
+            .bind::<Jsonb, _>(&entry.payload)
+            .bind::<Nullable<Text>, _>(entry.subject.as_deref())
+            .bind::<Jsonb, _>(&entry.headers)
+            .bind::<Nullable<Text>, _>(entry.stream.as_deref())
+            .bind::<Nullable<BigInt>, _>(entry.stream_seq_i64()?)
+            .bind::<Nullable<Integer>, _>(entry.deliveries_i32())
+            .load(conn)
+            .await?;
+        Ok(if rows.is_empty() {
+            Recorded::Duplicate
+        } else {
+            Recorded::New
+        })
+    }
+
+    /// Marks `event_id` processed (`processed_at = now()`), inside the transaction that ran
+    /// [`record`](Self::record) and the handler.
+    ///
+    /// # Errors
+    ///
+    /// [`Database`](InboxErrorKind::Database) when the statement fails.
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`record`](Self::record).
+    pub async fn mark_processed(&self, conn: &mut AsyncPgConnection, event_id: &str) -> Result<()> {
+        diesel::sql_query(
+            "UPDATE jetstream_inbox_events SET status = 'processed', processed_at = now(), \
+             error_message = NULL, updated_at = now() WHERE event_id = $1",
+        )
+        .bind::<Text, _>(event_id)
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+
+    /// Records a failed attempt: `status = 'failed'`, `error_message`, `failed_at = now()`,
+    /// `processing_attempts + 1`. Call it **outside** the rolled-back transaction of the
+    /// attempt (it inserts the row when that transaction's insert was rolled back). A row
+    /// already `processed` is left alone.
+    ///
+    /// # Errors
+    ///
+    /// [`Database`](InboxErrorKind::Database) when the statement fails.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: one statement, committed or not.
+    pub async fn record_failure(
+        &self,
+        conn: &mut AsyncPgConnection,
+        entry: &InboxEntry,
+        error: &str,
+    ) -> Result<()> {
+        diesel::sql_query(
+            "INSERT INTO jetstream_inbox_events AS i \
+               (event_id, event_type, resource_type, resource_id, payload, subject, headers, \
+                stream, stream_seq, deliveries, status, processing_attempts, error_message, \
+                failed_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, \
+               CASE WHEN EXISTS (SELECT 1 FROM jetstream_inbox_events o \
+                                 WHERE o.stream = $8 AND o.stream_seq = $9 AND o.event_id <> $1) \
+                    THEN NULL ELSE $9 END, \
+               $10, 'failed', 1, $11, now()) \
+             ON CONFLICT (event_id) DO UPDATE SET \
+               status = 'failed', \
+               processing_attempts = i.processing_attempts + 1, \
+               deliveries = EXCLUDED.deliveries, \
+               error_message = EXCLUDED.error_message, \
+               failed_at = now(), \
+               updated_at = now() \
+             WHERE i.status <> 'processed'",
+        )
+        .bind::<Text, _>(&entry.event_id)
+        .bind::<Text, _>(&entry.event_type)
+        .bind::<Nullable<Text>, _>(entry.resource_type.as_deref())
+        .bind::<Nullable<Text>, _>(entry.resource_id.as_deref())
+        .bind::<Jsonb, _>(&entry.payload)
+        .bind::<Nullable<Text>, _>(entry.subject.as_deref())
+        .bind::<Jsonb, _>(&entry.headers)
+        .bind::<Nullable<Text>, _>(entry.stream.as_deref())
+        .bind::<Nullable<BigInt>, _>(entry.stream_seq_i64()?)
+        .bind::<Nullable<Integer>, _>(entry.deliveries_i32())
+        .bind::<Text, _>(error)
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+
+    /// Deletes processed rows whose `processed_at` is older than `older_than`, `batch_size`
+    /// rows per statement until none is left; returns how many were deleted.
+    ///
+    /// # Errors
+    ///
+    /// [`Database`](InboxErrorKind::Database) when a statement fails (earlier batches stay
+    /// deleted).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: each batch commits on its own.
+    pub async fn cleanup_processed(
+        &self,
+        conn: &mut AsyncPgConnection,
+        older_than: Duration,
+        batch_size: u32,
+    ) -> Result<u64> {
+        let micros = i64::try_from(older_than.as_micros())
+            .map_err(|e| InboxError::with_source(InboxErrorKind::InvalidEntry, e))?;
+        let mut total = 0u64;
+        loop {
+            let n = diesel::sql_query(
+                "DELETE FROM jetstream_inbox_events WHERE id IN ( \
+                   SELECT id FROM jetstream_inbox_events \
+                   WHERE status = 'processed' \
+                     AND processed_at < now() - make_interval(secs => $1::double precision / 1e6) \
+                   LIMIT $2)",
+            )
+            .bind::<BigInt, _>(micros)
+            .bind::<BigInt, _>(i64::from(batch_size.max(1)))
+            .execute(conn)
+            .await?;
+            total += n as u64;
+            if n < batch_size.max(1) as usize {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// The status of `event_id`'s row, `None` when there is none.
+    ///
+    /// # Errors
+    ///
+    /// [`Database`](InboxErrorKind::Database) when the query fails.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe (read only).
+    pub async fn status(
+        &self,
+        conn: &mut AsyncPgConnection,
+        event_id: &str,
+    ) -> Result<Option<InboxStatus>> {
+        #[derive(QueryableByName)]
+        struct Row {
+            #[diesel(sql_type = Text)]
+            status: String,
+        }
+        let rows: Vec<Row> =
+            diesel::sql_query("SELECT status FROM jetstream_inbox_events WHERE event_id = $1")
+                .bind::<Text, _>(event_id)
+                .load(conn)
+                .await?;
+        Ok(rows.as_slice().first().map(|r| match r.status.as_str() {
+            "processing" => InboxStatus::Processing,
+            "processed" => InboxStatus::Processed,
+            "failed" => InboxStatus::Failed,
+            _ => InboxStatus::Received,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entry_from_envelope_and_message() {
+        let envelope = Envelope::builder("user.created", serde_json::json!({"id": 7}))
+            .producer("a")
+            .build()
+            .unwrap();
+        let entry = InboxEntry::from_envelope(&envelope)
+            .with_message("a.sync.b", "s", 42, 2)
+            .with_headers([("nats-msg-id", "x"), ("nats-msg-id", "y")]);
+        assert_eq!(entry.event_id, envelope.event_id.as_str());
+        assert_eq!(entry.payload["payload"]["id"], 7);
+        assert_eq!(entry.headers, serde_json::json!({"nats-msg-id": "x"}));
+        assert_eq!(entry.stream_seq_i64().unwrap(), Some(42));
+        assert_eq!(entry.deliveries_i32(), Some(2));
+        assert_eq!(InboxStatus::Processed.as_str(), "processed");
+    }
+}

@@ -1,0 +1,223 @@
+//! `Inbox::record`, `mark_processed`, `record_failure`, retention and migrations on a real database.
+
+use std::time::Duration;
+
+use diesel::sql_types::{BigInt, Integer, Nullable, Text};
+use diesel::QueryableByName;
+use diesel_async::{AsyncConnection, RunQueryDsl};
+use jetstream_bridge_config::Envelope;
+use jetstream_bridge_inbox::{migrations, Inbox, InboxEntry, InboxStatus, Recorded};
+use jetstream_bridge_testkit::TestDb;
+use serde_json::json;
+
+fn entry(seq: u64) -> InboxEntry {
+    let envelope = Envelope::builder("user.created", json!({"id": seq}))
+        .producer("a")
+        .build()
+        .unwrap();
+    InboxEntry::from_envelope(&envelope)
+        .with_message("a.sync.b", "stream-1", seq, 1)
+        .with_headers([("nats-msg-id", envelope.event_id.as_str())])
+}
+
+#[derive(QueryableByName, Debug)]
+struct Row {
+    #[diesel(sql_type = Text)]
+    status: String,
+    #[diesel(sql_type = Integer)]
+    processing_attempts: i32,
+    #[diesel(sql_type = Nullable<Text>)]
+    error_message: Option<String>,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    stream_seq: Option<i64>,
+    #[diesel(sql_type = Text)]
+    payload_type: String,
+}
+
+async fn row(db: &TestDb, event_id: &str) -> Option<Row> {
+    let mut conn = db.conn().await;
+    diesel::sql_query(
+        "SELECT status, processing_attempts, error_message, stream_seq, \
+         jsonb_typeof(payload) AS payload_type FROM jetstream_inbox_events WHERE event_id = $1",
+    )
+    .bind::<Text, _>(event_id)
+    .get_result(&mut conn)
+    .await
+    .ok()
+}
+
+/// A new event is recorded as processing, committed as processed, then reported as a duplicate.
+#[tokio::test(flavor = "multi_thread")]
+async fn new_then_processed_then_duplicate() {
+    let db = TestDb::new().await;
+    let inbox = Inbox::new();
+    let e = entry(1);
+    let mut conn = db.conn().await;
+    let first = conn
+        .transaction::<_, jetstream_bridge_inbox::InboxError, _>(async |conn| {
+            let r = inbox.record(conn, &e).await?;
+            inbox.mark_processed(conn, &e.event_id).await?;
+            Ok(r)
+        })
+        .await
+        .unwrap();
+    assert_eq!(first, Recorded::New);
+    let r = row(&db, &e.event_id).await.unwrap();
+    assert_eq!((r.status.as_str(), r.processing_attempts), ("processed", 1));
+    assert_eq!(r.stream_seq, Some(1));
+    assert_eq!(r.payload_type, "object");
+    let again = inbox.record(&mut conn, &e).await.unwrap();
+    assert_eq!(again, Recorded::Duplicate);
+    assert_eq!(
+        inbox.status(&mut conn, &e.event_id).await.unwrap(),
+        Some(InboxStatus::Processed)
+    );
+    drop(conn);
+    db.teardown().await;
+}
+
+/// A rolled-back attempt leaves no row; its failure recorded outside is retried as new.
+#[tokio::test(flavor = "multi_thread")]
+async fn failure_outside_the_rolled_back_transaction() {
+    let db = TestDb::new().await;
+    let inbox = Inbox::new();
+    let e = entry(2);
+    let mut conn = db.conn().await;
+    let err = conn
+        .transaction::<(), jetstream_bridge_inbox::InboxError, _>(async |conn| {
+            assert_eq!(inbox.record(conn, &e).await?, Recorded::New);
+            Err(jetstream_bridge_inbox::InboxError::from(
+                diesel::result::Error::RollbackTransaction,
+            ))
+        })
+        .await;
+    assert!(err.is_err());
+    assert!(row(&db, &e.event_id).await.is_none());
+    inbox.record_failure(&mut conn, &e, "boom").await.unwrap();
+    let r = row(&db, &e.event_id).await.unwrap();
+    assert_eq!(r.status, "failed");
+    assert_eq!(r.processing_attempts, 1);
+    assert_eq!(r.error_message.as_deref(), Some("boom"));
+    // The retry claims the failed row again.
+    assert_eq!(inbox.record(&mut conn, &e).await.unwrap(), Recorded::New);
+    let r = row(&db, &e.event_id).await.unwrap();
+    assert_eq!(
+        (r.status.as_str(), r.processing_attempts),
+        ("processing", 2)
+    );
+    drop(conn);
+    db.teardown().await;
+}
+
+/// Another event at an already used stream position (a recreated stream) is stored without it.
+#[tokio::test(flavor = "multi_thread")]
+async fn reused_stream_position_does_not_conflict() {
+    let db = TestDb::new().await;
+    let inbox = Inbox::new();
+    let (a, b) = (entry(5), entry(5));
+    let mut conn = db.conn().await;
+    assert_eq!(inbox.record(&mut conn, &a).await.unwrap(), Recorded::New);
+    assert_eq!(inbox.record(&mut conn, &b).await.unwrap(), Recorded::New);
+    assert_eq!(row(&db, &b.event_id).await.unwrap().stream_seq, None);
+    drop(conn);
+    db.teardown().await;
+}
+
+/// Retention deletes processed rows older than the limit, in batches, and nothing else.
+#[tokio::test(flavor = "multi_thread")]
+async fn cleanup_deletes_old_processed_rows() {
+    let db = TestDb::new().await;
+    let inbox = Inbox::new();
+    let mut conn = db.conn().await;
+    for seq in 10..15 {
+        let e = entry(seq);
+        let _ = inbox.record(&mut conn, &e).await.unwrap();
+        inbox.mark_processed(&mut conn, &e.event_id).await.unwrap();
+    }
+    let failed = entry(20);
+    inbox.record_failure(&mut conn, &failed, "x").await.unwrap();
+    diesel::sql_query("UPDATE jetstream_inbox_events SET processed_at = now() - interval '2 days'")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let recent = entry(21);
+    let _ = inbox.record(&mut conn, &recent).await.unwrap();
+    inbox
+        .mark_processed(&mut conn, &recent.event_id)
+        .await
+        .unwrap();
+    let deleted = inbox
+        .cleanup_processed(&mut conn, Duration::from_secs(86_400), 2)
+        .await
+        .unwrap();
+    assert_eq!(deleted, 5);
+    assert!(row(&db, &failed.event_id).await.is_some());
+    assert!(row(&db, &recent.event_id).await.is_some());
+    drop(conn);
+    db.teardown().await;
+}
+
+/// `run_pending` creates the table on an empty database once; a second run applies nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn run_pending_applies_only_the_inbox_migration() {
+    let db = TestDb::empty().await;
+    let mut conn = db.conn().await;
+    assert_eq!(
+        migrations::pending(&mut conn).await.unwrap(),
+        ["2026-11-26-000002_create_jetstream_inbox_events"]
+    );
+    let applied = migrations::run_pending(&mut conn).await.unwrap();
+    assert_eq!(applied, ["2026-11-26-000002_create_jetstream_inbox_events"]);
+    assert!(migrations::run_pending(&mut conn).await.unwrap().is_empty());
+    let e = entry(1);
+    assert_eq!(
+        Inbox::new().record(&mut conn, &e).await.unwrap(),
+        Recorded::New
+    );
+    // The outbox table is not the inbox's to create.
+    #[derive(QueryableByName)]
+    struct T {
+        #[diesel(sql_type = Nullable<Text>)]
+        t: Option<String>,
+    }
+    let t: T = diesel::sql_query("SELECT to_regclass('jetstream_outbox_events')::text AS t")
+        .get_result(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(t.t, None);
+    drop(conn);
+    db.teardown().await;
+}
+
+/// `record_processed` claims and marks in one statement; a rolled-back transaction leaves
+/// nothing, a committed one makes the next copy a duplicate.
+#[tokio::test(flavor = "multi_thread")]
+async fn record_processed_commits_with_the_transaction() {
+    let db = TestDb::new().await;
+    let inbox = Inbox::new();
+    let e = entry(30);
+    let mut conn = db.conn().await;
+    let rolled_back = conn
+        .transaction::<(), jetstream_bridge_inbox::InboxError, _>(async |conn| {
+            assert_eq!(inbox.record_processed(conn, &e).await?, Recorded::New);
+            Err(diesel::result::Error::RollbackTransaction.into())
+        })
+        .await;
+    assert!(rolled_back.is_err());
+    assert!(row(&db, &e.event_id).await.is_none());
+    let committed = conn
+        .transaction::<_, jetstream_bridge_inbox::InboxError, _>(async |conn| {
+            inbox.record_processed(conn, &e).await
+        })
+        .await
+        .unwrap();
+    assert_eq!(committed, Recorded::New);
+    let r = row(&db, &e.event_id).await.unwrap();
+    assert_eq!((r.status.as_str(), r.processing_attempts), ("processed", 1));
+    assert_eq!(
+        inbox.record_processed(&mut conn, &e).await.unwrap(),
+        Recorded::Duplicate
+    );
+    drop(conn);
+    db.teardown().await;
+}

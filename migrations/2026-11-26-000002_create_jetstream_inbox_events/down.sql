@@ -1,0 +1,1 @@
+DROP TABLE IF EXISTS jetstream_inbox_events;
