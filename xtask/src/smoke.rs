@@ -12,7 +12,12 @@ use jetstream_bridge_config::{Config, Envelope, SubjectLayout, MSG_ID_HEADER, RU
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
     /// NATS server(s) to use (comma-separated).
-    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    #[arg(
+        long,
+        env = "NATS_URL",
+        hide_env_values = true,
+        default_value = "nats://127.0.0.1:4222"
+    )]
     nats_url: String,
     /// Producing application.
     #[arg(long, default_value = "orders")]

@@ -261,7 +261,7 @@ fn split_credentials(config: &Config) -> Result<(Vec<String>, Option<UrlAuth>), 
                 return Err(TopologyError::new(
                     TopologyErrorKind::Connection,
                     format!(
-                        "the NATS URLs {} carry different credentials; one client                          authenticates the same way with every server",
+                        "the NATS URLs {} carry different credentials; one client authenticates the same way with every server",
                         config.nats_urls()
                     ),
                 ));

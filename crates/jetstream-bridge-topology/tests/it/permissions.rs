@@ -106,6 +106,10 @@ async fn runtime_round_trip(connection: &Connection) {
 }
 
 /// Subjects seen by a user subscribed to everything, between two markers the admin publishes.
+///
+/// Collecting stops once `marker.end` was seen *and* a reply on the custom `$RPC.` inbox came
+/// after `marker.start`: the server's JetStream replies travel asynchronously and may trail the
+/// end marker, so the monitor awaits them instead of the test sleeping.
 struct Monitor {
     seen: Arc<Mutex<Vec<String>>>,
     task: tokio::task::JoinHandle<()>,
@@ -120,11 +124,14 @@ impl Monitor {
         let log = seen.clone();
         let task = tokio::spawn(async move {
             let _client = client;
+            let (mut started, mut ended, mut rpc_reply) = (false, false, false);
             while let Some(message) = all.next().await {
                 let subject = message.subject.to_string();
-                let end = subject == "marker.end";
+                started |= subject == "marker.start";
+                ended |= subject == "marker.end";
+                rpc_reply |= started && subject.starts_with("$RPC.");
                 log.lock().unwrap().push(subject);
-                if end {
+                if ended && rpc_reply {
                     break;
                 }
             }
@@ -132,9 +139,9 @@ impl Monitor {
         Self { seen, task }
     }
 
-    /// Waits for `marker.end` and returns every subject seen.
+    /// Waits for `marker.end` (and a `$RPC.` reply) and returns every subject seen.
     async fn finish(self) -> Vec<String> {
-        tokio::time::timeout(Duration::from_secs(5), self.task)
+        tokio::time::timeout(Duration::from_secs(10), self.task)
             .await
             .unwrap()
             .unwrap();
@@ -170,9 +177,6 @@ async fn least_privilege_runtime_makes_no_management_calls() {
         );
         runtime.client().flush().await.unwrap();
     }
-    // The server hands a request to the JetStream API and to the monitor in one pass; a
-    // moment's grace keeps the end marker behind the last of them.
-    tokio::time::sleep(Duration::from_millis(50)).await;
     admin
         .client()
         .publish("marker.end", "".into())
