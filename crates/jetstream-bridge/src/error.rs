@@ -23,6 +23,16 @@ pub enum Error {
     #[cfg_attr(docsrs, doc(cfg(feature = "outbox")))]
     #[error(transparent)]
     Outbox(#[from] jetstream_bridge_outbox::OutboxError),
+    /// Recording an event in the inbox failed.
+    #[cfg(feature = "inbox")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "inbox")))]
+    #[error(transparent)]
+    Inbox(#[from] jetstream_bridge_inbox::InboxError),
+    /// Building or running the consumer runtime failed.
+    #[cfg(feature = "consumer")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "consumer")))]
+    #[error(transparent)]
+    Consumer(#[from] jetstream_bridge_consumer::ConsumerError),
 }
 
 /// `Result` with the umbrella [`Error`] as the default error type.

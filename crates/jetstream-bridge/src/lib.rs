@@ -41,11 +41,12 @@ pub use jetstream_bridge_outbox::{
 };
 
 /// The NATS client this crate is built against, so applications name the same version.
-#[cfg(any(feature = "topology", feature = "outbox"))]
+#[cfg(any(feature = "topology", feature = "outbox", feature = "consumer"))]
 pub use async_nats;
 
-/// The async PostgreSQL layer this crate is built against (connections passed to `Outbox::enqueue`).
-#[cfg(feature = "outbox")]
+/// The async PostgreSQL layer this crate is built against (the connections passed to
+/// `Outbox::enqueue` and to handlers).
+#[cfg(any(feature = "outbox", feature = "inbox", feature = "consumer"))]
 pub use diesel_async;
 
 #[cfg(feature = "inbox")]
@@ -53,10 +54,30 @@ pub use diesel_async;
 #[doc(inline)]
 pub use jetstream_bridge_inbox as inbox;
 
+#[cfg(feature = "inbox")]
+#[cfg_attr(docsrs, doc(cfg(feature = "inbox")))]
+#[doc(inline)]
+pub use jetstream_bridge_inbox::{Inbox, InboxError, InboxErrorKind, Recorded};
+
 #[cfg(feature = "consumer")]
 #[cfg_attr(docsrs, doc(cfg(feature = "consumer")))]
 #[doc(inline)]
 pub use jetstream_bridge_consumer as consumer;
+
+#[cfg(feature = "consumer")]
+#[cfg_attr(docsrs, doc(cfg(feature = "consumer")))]
+#[doc(inline)]
+pub use jetstream_bridge_consumer::{
+    Consumer, ConsumerError, ConsumerErrorKind, ConsumerHandle, Event, Handler, HandlerError,
+    ShutdownReport,
+};
+
+/// Traits an application implements or calls methods of, for a glob import.
+pub mod prelude {
+    #[cfg(feature = "consumer")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "consumer")))]
+    pub use jetstream_bridge_consumer::{BatchHandler, Handler, Middleware};
+}
 
 #[cfg(feature = "health")]
 #[cfg_attr(docsrs, doc(cfg(feature = "health")))]
