@@ -11,7 +11,7 @@ use jetstream_bridge_outbox::{migrations, Outbox};
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
     /// PostgreSQL database to migrate.
-    #[arg(long, env = "DATABASE_URL")]
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     database_url: String,
 }
 
@@ -50,7 +50,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
 #[derive(Debug, clap::Args)]
 pub(crate) struct RetentionArgs {
     /// PostgreSQL database holding `jetstream_outbox_events`.
-    #[arg(long, env = "DATABASE_URL")]
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     database_url: String,
     /// Delete `sent` rows whose `sent_at` is older than this (`7d`, `12h`, `30m`).
     #[arg(long, default_value = "7d")]

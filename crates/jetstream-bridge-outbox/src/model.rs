@@ -1,6 +1,8 @@
 //! [`NewEvent`] (what callers enqueue or publish), the row status, and the shared preparation
 //! of an event into its wire form (envelope bytes, subject, headers).
 
+use std::str::FromStr as _;
+
 use async_nats::HeaderMap;
 use jetstream_bridge_config::{
     validate_literal_subject, Config, Envelope, EnvelopeBuilder, EventId, MSG_ID_HEADER,
@@ -225,14 +227,30 @@ pub(crate) fn nats_headers<'a>(
     extra: impl IntoIterator<Item = (&'a str, &'a str)>,
     ruby_header: bool,
 ) -> HeaderMap {
+    // async-nats asserts on invalid header names/values; parse them fallibly so that a bad
+    // traceparent or a hand-written row can never panic a publisher or a relay.
     let mut headers = HeaderMap::new();
-    headers.insert(MSG_ID_HEADER, event_id);
-    if ruby_header {
-        headers.insert(RUBY_MSG_ID_HEADER, event_id);
+    match async_nats::HeaderValue::from_str(event_id) {
+        Ok(id) => {
+            headers.insert(MSG_ID_HEADER, id.clone());
+            if ruby_header {
+                headers.insert(RUBY_MSG_ID_HEADER, id);
+            }
+        }
+        Err(_) => tracing::warn!("event id is not a valid header value: sent without msg-id"),
     }
     for (name, value) in extra {
-        if !name.eq_ignore_ascii_case(MSG_ID_HEADER) {
-            headers.insert(name, value);
+        if name.eq_ignore_ascii_case(MSG_ID_HEADER) {
+            continue;
+        }
+        match (
+            async_nats::HeaderName::from_str(name),
+            async_nats::HeaderValue::from_str(value),
+        ) {
+            (Ok(name), Ok(value)) => {
+                headers.insert(name, value);
+            }
+            _ => tracing::warn!(header = %name.escape_debug(), "invalid header skipped"),
         }
     }
     headers
@@ -312,6 +330,23 @@ mod tests {
         assert_eq!(h.get("traceparent").unwrap().as_str(), "tp");
         let h = nats_headers("e1", [], false);
         assert!(h.get(RUBY_MSG_ID_HEADER).is_none());
+    }
+
+    #[test]
+    fn invalid_header_data_is_skipped_not_a_panic() {
+        let h = nats_headers(
+            "bad\nid",
+            [
+                ("traceparent", "a\r\nb"),
+                ("bad name", "v"),
+                ("x-ok", "fine"),
+            ],
+            true,
+        );
+        assert!(h.get(MSG_ID_HEADER).is_none());
+        assert!(h.get("traceparent").is_none());
+        assert_eq!(h.get("x-ok").map(|v| v.as_str()), Some("fine"));
+        assert_eq!(h.iter().count(), 1);
     }
 
     #[test]
