@@ -10,6 +10,7 @@ mod error;
 mod preset;
 mod redact;
 mod subject;
+mod trace;
 mod url;
 
 pub use builder::{ConfigBuilder, DurationInput};
@@ -31,6 +32,7 @@ pub use subject::{
     subject_matches, subjects_overlap, validate_literal_subject, validate_subject, NatsName,
     Subject, SubjectLayout, SubjectToken, Subjects, SubjectsBuilder, MAX_TOKEN_CHARS,
 };
+pub use trace::{TraceParent, TraceParentError};
 pub use url::{NatsUrl, NatsUrls};
 
 /// `Result` with [`ConfigError`] as the default error type.
