@@ -33,6 +33,11 @@ pub enum Error {
     #[cfg_attr(docsrs, doc(cfg(feature = "consumer")))]
     #[error(transparent)]
     Consumer(#[from] jetstream_bridge_consumer::ConsumerError),
+    /// Building a health checker or serving its probes failed.
+    #[cfg(feature = "health")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "health")))]
+    #[error(transparent)]
+    Health(#[from] jetstream_bridge_health::HealthError),
 }
 
 /// `Result` with the umbrella [`Error`] as the default error type.

@@ -13,7 +13,7 @@ pub use jetstream_bridge_config as config;
 #[doc(inline)]
 pub use jetstream_bridge_config::{
     Config, ConfigBuilder, ConfigError, ConsumerMode, DlqContext, DlqReason, Envelope,
-    EnvelopeError, EventId, Preset, Redacted, Subject, SubjectLayout, Subjects,
+    EnvelopeError, EventId, Preset, Redacted, Subject, SubjectLayout, Subjects, TraceParent,
 };
 
 #[cfg(feature = "topology")]
@@ -83,3 +83,8 @@ pub mod prelude {
 #[cfg_attr(docsrs, doc(cfg(feature = "health")))]
 #[doc(inline)]
 pub use jetstream_bridge_health as health;
+
+#[cfg(feature = "health")]
+#[cfg_attr(docsrs, doc(cfg(feature = "health")))]
+#[doc(inline)]
+pub use jetstream_bridge_health::{Health, HealthError, HealthErrorKind, HealthReport, Metrics};

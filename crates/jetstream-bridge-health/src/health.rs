@@ -1,0 +1,735 @@
+//! [`Health`]: the rate-limited probe behind `health_check()`, readiness and liveness.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use async_nats::connection::State;
+use async_nats::jetstream::{self, Context};
+use async_nats::Client;
+use futures_util::StreamExt;
+use jetstream_bridge_config::Config;
+use jetstream_bridge_consumer::ConsumerStats;
+use jetstream_bridge_outbox::{Outbox, PgPool, RelayStats};
+use jetstream_bridge_topology::{DlqPlacement, TopologySpec};
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::cache::ProbeCache;
+use crate::error::{HealthError, HealthErrorKind, Result};
+use crate::metrics::{Metrics, ProbeGauges};
+use crate::report::{
+    rfc3339, round2, ConfigReport, ConnectionReport, ConsumerReport, DlqReport, HealthReport,
+    OutboxReport, PerformanceReport, RuntimeReport, SkippedReport, StreamReport,
+};
+use crate::shutdown::ShutdownSignal;
+use crate::watch::Watched;
+
+/// The default minimum time between two uncached probes (SPEC §7).
+pub const DEFAULT_MIN_PROBE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The default time limit of each request a probe makes.
+pub const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The default limit after which a consumer whose counters do not change counts as stalled.
+pub const DEFAULT_STALL_AFTER: Duration = Duration::from_secs(600);
+
+/// Why restricted mode skips the JetStream checks (the gem's wording).
+pub const RESTRICTED_REASON: &str = "disable_js_api=true (skip $JS.API.STREAM.INFO)";
+
+/// The JetStream API requests a probe makes, listed in `skipped.requests` when restricted mode
+/// leaves them out.
+const JS_REQUESTS: [&str; 2] = ["$JS.API.STREAM.INFO", "$JS.API.CONSUMER.INFO"];
+
+/// Builds a [`Health`]; see [`Health::builder`].
+#[must_use]
+pub struct HealthBuilder {
+    config: Config,
+    client: Client,
+    jetstream: Option<Context>,
+    spec: Option<TopologySpec>,
+    pool: Option<PgPool>,
+    relay: Option<watch::Receiver<RelayStats>>,
+    consumer: Option<watch::Receiver<ConsumerStats>>,
+    metrics: Option<Metrics>,
+    shutdown: Option<ShutdownSignal>,
+    min_probe_interval: Duration,
+    probe_timeout: Duration,
+    max_outbox_lag: Option<Duration>,
+    stall_after: Option<Duration>,
+}
+
+impl fmt::Debug for HealthBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HealthBuilder")
+            .field("config", &self.config)
+            .field("pool", &self.pool.is_some())
+            .field("relay", &self.relay.is_some())
+            .field("consumer", &self.consumer.is_some())
+            .field("min_probe_interval", &self.min_probe_interval)
+            .field("probe_timeout", &self.probe_timeout)
+            .field("max_outbox_lag", &self.max_outbox_lag)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HealthBuilder {
+    /// The JetStream context to ask (default: a plain context on the client, for a JetStream
+    /// domain or API prefix pass your own). Its requests are bounded by the probe timeout.
+    pub fn jetstream(mut self, context: Context) -> Self {
+        self.jetstream = Some(context);
+        self
+    }
+
+    /// The topology to check (default `TopologySpec::from_config`, i.e. a separate DLQ stream);
+    /// pass the one you provision with, e.g. with [`DlqPlacement::MainStream`].
+    pub fn topology(mut self, spec: TopologySpec) -> Self {
+        self.spec = Some(spec);
+        self
+    }
+
+    /// The database pool holding the outbox: with `use_outbox` on, each probe reads the
+    /// backlog (pending count, oldest pending age, failed count), and a failing query makes
+    /// the report unhealthy.
+    pub fn pool(mut self, pool: PgPool) -> Self {
+        self.pool = Some(pool);
+        self
+    }
+
+    /// Watches an outbox relay (`RelayHandle::stats()`): liveness, and the
+    /// published/failed counters of [`Metrics`].
+    pub fn relay_stats(mut self, stats: watch::Receiver<RelayStats>) -> Self {
+        self.relay = Some(stats);
+        self
+    }
+
+    /// Watches a consumer runtime (`ConsumerHandle::stats()`): liveness, stall detection and
+    /// readiness (not ready once it shuts down).
+    pub fn consumer_stats(mut self, stats: watch::Receiver<ConsumerStats>) -> Self {
+        self.consumer = Some(stats);
+        self
+    }
+
+    /// The metrics the probe refreshes (default: a new [`Metrics`]); pass the one whose
+    /// [`middleware`](Metrics::middleware) the consumer uses.
+    pub fn metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// The shutdown flag readiness reads (default: a new one, see
+    /// [`Health::set_shutting_down`]).
+    pub fn shutdown_signal(mut self, signal: ShutdownSignal) -> Self {
+        self.shutdown = Some(signal);
+        self
+    }
+
+    /// Minimum time between two uncached probes (default 5 s); calls in between get the last
+    /// report marked `cached: true`. Zero probes on every call (tests).
+    pub fn min_probe_interval(mut self, interval: Duration) -> Self {
+        self.min_probe_interval = interval;
+        self
+    }
+
+    /// Time limit of each request a probe makes (default 2 s).
+    pub fn probe_timeout(mut self, timeout: Duration) -> Self {
+        self.probe_timeout = timeout.max(Duration::from_millis(1));
+        self
+    }
+
+    /// Readiness fails while the oldest unpublished outbox row is older than this (default:
+    /// no limit). Needs [`pool`](Self::pool).
+    pub fn max_outbox_lag(mut self, lag: Duration) -> Self {
+        self.max_outbox_lag = Some(lag);
+        self
+    }
+
+    /// A watched consumer whose counters do not change for longer than this is stalled, and
+    /// liveness fails (default 10 minutes; `None` disables). Its fetch loop updates them on
+    /// every pull request, idle or not.
+    pub fn stall_after(mut self, limit: Option<Duration>) -> Self {
+        self.stall_after = limit;
+        self
+    }
+
+    /// Builds the checker. Makes no request.
+    pub fn build(self) -> Health {
+        let mut js = self
+            .jetstream
+            .unwrap_or_else(|| jetstream::new(self.client.clone()));
+        js.set_timeout(self.probe_timeout);
+        let spec = self
+            .spec
+            .unwrap_or_else(|| TopologySpec::from_config(&self.config));
+        let stall_after = self.stall_after;
+        Health {
+            inner: Arc::new(Inner {
+                config_report: config_report(&self.config),
+                restricted: self.config.disable_js_api(),
+                use_outbox: self.config.use_outbox(),
+                durable: self.config.durable_name().as_str().to_owned(),
+                config: self.config,
+                client: self.client,
+                js,
+                spec,
+                pool: self.pool,
+                relay: self.relay.map(|rx| Mutex::new(Watched::new(rx, None))),
+                consumer: self
+                    .consumer
+                    .map(|rx| Mutex::new(Watched::new(rx, stall_after))),
+                metrics: self.metrics.unwrap_or_default(),
+                shutdown: self.shutdown.unwrap_or_default(),
+                cache: ProbeCache::new(self.min_probe_interval),
+                probe_timeout: self.probe_timeout,
+                max_outbox_lag: self.max_outbox_lag,
+                connected_at: Mutex::new(None),
+            }),
+        }
+    }
+}
+
+/// The health checker of one bridge: builds [`HealthReport`]s (the seed's JSON plus consumer
+/// lag, outbox backlog, DLQ depth and runtime liveness), rate-limited; readiness and liveness
+/// verdicts; and the [`Metrics`] it refreshes. Cheap to clone (shared state).
+///
+/// In restricted mode ([`Config::disable_js_api`], the default) a probe makes no `$JS.API`
+/// request: it checks the connection, the RTT and the outbox, and says what it skipped.
+///
+/// # Examples
+///
+/// ```no_run
+/// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+/// use jetstream_bridge_config::Config;
+/// use jetstream_bridge_health::Health;
+///
+/// let config = Config::from_env()?;
+/// let client = async_nats::connect(config.nats_urls().expose_urls().join(",")).await?;
+/// let health = Health::builder(config, client).build();
+/// let report = health.health_check().await;
+/// println!("{}", serde_json::to_string_pretty(&report)?);
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Health {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: Config,
+    config_report: ConfigReport,
+    restricted: bool,
+    use_outbox: bool,
+    durable: String,
+    client: Client,
+    js: Context,
+    spec: TopologySpec,
+    pool: Option<PgPool>,
+    relay: Option<Mutex<Watched<RelayStats>>>,
+    consumer: Option<Mutex<Watched<ConsumerStats>>>,
+    metrics: Metrics,
+    shutdown: ShutdownSignal,
+    cache: ProbeCache<HealthReport>,
+    probe_timeout: Duration,
+    max_outbox_lag: Option<Duration>,
+    /// The client's connect count and when this checker first saw that connection up.
+    connected_at: Mutex<Option<(u64, String)>>,
+}
+
+impl fmt::Debug for Health {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Health")
+            .field("config", &self.inner.config)
+            .field("restricted", &self.inner.restricted)
+            .field("pool", &self.inner.pool.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The readiness verdict ([`Health::readiness`]): `GET /health/ready`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct Readiness {
+    /// Whether the process should receive work.
+    pub ready: bool,
+    /// Why not (empty when ready).
+    pub reasons: Vec<String>,
+    /// Whether the health report behind it was a cached one (`null` when no probe was needed).
+    pub cached: Option<bool>,
+}
+
+/// The liveness verdict ([`Health::liveness`]): `GET /health/live`. Makes no request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct Liveness {
+    /// `false` when a watched runtime ended without a shutdown, or the consumer stalled.
+    pub live: bool,
+    /// Why not (empty when live).
+    pub reasons: Vec<String>,
+    /// The watched runtimes.
+    pub runtime: RuntimeReport,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn config_report(config: &Config) -> ConfigReport {
+    ConfigReport {
+        env: config.env().map(|e| e.as_str().to_owned()),
+        app_name: config.app_name().as_str().to_owned(),
+        destination_app: config.destination_app().as_str().to_owned(),
+        use_outbox: config.use_outbox(),
+        use_inbox: config.use_inbox(),
+        use_dlq: config.use_dlq(),
+    }
+}
+
+/// Runs `fut` with the probe timeout; a timeout or an error becomes the masked message.
+async fn bounded<T>(
+    limit: Duration,
+    fut: impl Future<Output = Result<T>>,
+) -> std::result::Result<T, String> {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(e.to_masked_string()),
+        Err(_) => Err(HealthError::new(HealthErrorKind::Timeout).to_masked_string()),
+    }
+}
+
+fn nats(e: impl std::error::Error + Send + Sync + 'static) -> HealthError {
+    HealthError::with_source(HealthErrorKind::Nats, e)
+}
+
+fn database(e: impl std::error::Error + Send + Sync + 'static) -> HealthError {
+    HealthError::with_source(HealthErrorKind::Database, e)
+}
+
+fn to_u64(n: usize) -> u64 {
+    u64::try_from(n).unwrap_or(u64::MAX)
+}
+
+impl Health {
+    /// Starts a builder for `config`'s bridge on `client` (the application's connection, e.g.
+    /// `jetstream_bridge_topology::connect(&config).await?.into_client()`).
+    pub fn builder(config: Config, client: Client) -> HealthBuilder {
+        HealthBuilder {
+            config,
+            client,
+            jetstream: None,
+            spec: None,
+            pool: None,
+            relay: None,
+            consumer: None,
+            metrics: None,
+            shutdown: None,
+            min_probe_interval: DEFAULT_MIN_PROBE_INTERVAL,
+            probe_timeout: DEFAULT_PROBE_TIMEOUT,
+            max_outbox_lag: None,
+            stall_after: Some(DEFAULT_STALL_AFTER),
+        }
+    }
+
+    /// The health report. At most one uncached probe runs per minimum probe interval (default
+    /// 5 s) in this process; other calls, including those arriving while a probe is in flight,
+    /// get the latest report with `cached: true`. Never fails: what went wrong is in the
+    /// report.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a cancelled probe is dropped and the next caller probes.
+    pub async fn health_check(&self) -> HealthReport {
+        let (mut report, cached) = self.inner.cache.get(|| self.probe()).await;
+        report.cached = cached;
+        report
+    }
+
+    /// The readiness verdict: not ready while shutting down ([`set_shutting_down`](Self::set_shutting_down)
+    /// or the watched consumer began its shutdown), while the (possibly cached) report is
+    /// unhealthy, or while the outbox lag exceeds [`max_outbox_lag`](HealthBuilder::max_outbox_lag).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`health_check`](Self::health_check).
+    pub async fn readiness(&self) -> Readiness {
+        let mut reasons = Vec::new();
+        if self.inner.shutdown.is_shutting_down() {
+            reasons.push("shutting down".to_owned());
+        }
+        if let Some(consumer) = &self.inner.consumer {
+            if lock(consumer).observe().1.shutting_down {
+                reasons.push("consumer runtime shutting down".to_owned());
+            }
+        }
+        if !reasons.is_empty() {
+            return Readiness {
+                ready: false,
+                reasons,
+                cached: None,
+            };
+        }
+        let report = self.health_check().await;
+        if !report.healthy {
+            if !report.connection.connected {
+                reasons.push(format!("NATS {}", report.connection.state));
+            } else if report.stream.exists == Some(false) {
+                let why = report.stream.error.as_deref().unwrap_or("not found");
+                reasons.push(format!("stream {}: {why}", report.stream.name));
+            }
+            if let Some(e) = report.outbox.as_ref().and_then(|o| o.error.as_ref()) {
+                reasons.push(format!("outbox: {e}"));
+            }
+            if reasons.is_empty() {
+                reasons.push("unhealthy".to_owned());
+            }
+        }
+        if let (Some(limit), Some(age)) = (
+            self.inner.max_outbox_lag,
+            report
+                .outbox
+                .as_ref()
+                .and_then(|o| o.oldest_pending_age_seconds),
+        ) {
+            if age > limit.as_secs_f64() {
+                reasons.push(format!(
+                    "outbox lag {age:.1}s exceeds {:.1}s",
+                    limit.as_secs_f64()
+                ));
+            }
+        }
+        Readiness {
+            ready: reasons.is_empty(),
+            reasons,
+            cached: Some(report.cached),
+        }
+    }
+
+    /// The liveness verdict, from the watched runtimes only (no request): not live when one
+    /// ended without a shutdown having begun, or the consumer stalled.
+    pub fn liveness(&self) -> Liveness {
+        let runtime = self.observe_runtimes();
+        let shutting_down = self.inner.shutdown.is_shutting_down();
+        let mut reasons = Vec::new();
+        for (name, l) in [("relay", &runtime.relay), ("consumer", &runtime.consumer)] {
+            let Some(l) = l else { continue };
+            if shutting_down || l.is_live() {
+                continue;
+            }
+            if l.running {
+                reasons.push(format!(
+                    "{name} made no progress for {}s",
+                    l.seconds_since_progress
+                ));
+            } else {
+                reasons.push(format!("{name} runtime ended"));
+            }
+        }
+        Liveness {
+            live: reasons.is_empty(),
+            reasons,
+            runtime,
+        }
+    }
+
+    /// The shutdown flag readiness reads.
+    #[must_use]
+    pub fn shutdown_signal(&self) -> &ShutdownSignal {
+        &self.inner.shutdown
+    }
+
+    /// Marks the process as shutting down: readiness fails from now on.
+    pub fn set_shutting_down(&self) {
+        self.inner.shutdown.set_shutting_down();
+    }
+
+    /// The metrics this checker refreshes.
+    #[must_use]
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// The metrics in the text exposition format, refreshed first: the relay counters from its
+    /// stats, the gauges from a (rate-limited, possibly cached) probe.
+    ///
+    /// # Errors
+    ///
+    /// [`MetricsEncoding`](HealthErrorKind::MetricsEncoding) if the encoder fails.
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`health_check`](Self::health_check).
+    pub async fn encode_metrics(&self) -> Result<String> {
+        self.health_check().await;
+        self.observe_runtimes();
+        self.inner.metrics.encode()
+    }
+
+    fn observe_runtimes(&self) -> RuntimeReport {
+        let relay = self.inner.relay.as_ref().map(|w| {
+            let (stats, liveness) = lock(w).observe();
+            self.inner.metrics.observe_relay(&stats);
+            liveness
+        });
+        let consumer = self.inner.consumer.as_ref().map(|w| lock(w).observe().1);
+        RuntimeReport { relay, consumer }
+    }
+
+    fn connection(&self) -> ConnectionReport {
+        let state = self.inner.client.connection_state();
+        let connected = state == State::Connected;
+        // The client counts every (re)connect: a change means the connection was re-established
+        // since the last probe, even if no probe saw it down.
+        let connects = self
+            .inner
+            .client
+            .statistics()
+            .connects
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let mut since = lock(&self.inner.connected_at);
+        match (&*since, connected) {
+            (_, false) => *since = None,
+            (Some((seen, _)), true) if *seen == connects => {}
+            (_, true) => *since = Some((connects, rfc3339(time::OffsetDateTime::now_utc()))),
+        }
+        ConnectionReport {
+            state: match state {
+                State::Connected => "connected",
+                State::Pending => "connecting",
+                State::Disconnected => "disconnected",
+            },
+            connected,
+            connected_at: since.as_ref().map(|(_, at)| at.clone()),
+        }
+    }
+
+    async fn rtt_ms(&self) -> Option<f64> {
+        let started = Instant::now();
+        let flushed = bounded(self.inner.probe_timeout, async {
+            self.inner.client.flush().await.map_err(nats)
+        })
+        .await;
+        flushed
+            .ok()
+            .map(|()| round2(started.elapsed().as_secs_f64() * 1000.0))
+    }
+
+    async fn stream(&self) -> StreamReport {
+        let name = self.inner.spec.stream_name().to_owned();
+        match bounded(self.inner.probe_timeout, async {
+            self.inner.js.get_stream(&name).await.map_err(nats)
+        })
+        .await
+        {
+            Ok(stream) => {
+                let info = stream.cached_info();
+                StreamReport {
+                    exists: Some(true),
+                    name,
+                    subjects: Some(info.config.subjects.clone()),
+                    messages: Some(info.state.messages),
+                    error: None,
+                    skipped: None,
+                    reason: None,
+                }
+            }
+            Err(error) => StreamReport {
+                exists: Some(false),
+                name,
+                subjects: None,
+                messages: None,
+                error: Some(error),
+                skipped: None,
+                reason: None,
+            },
+        }
+    }
+
+    async fn consumer(&self) -> ConsumerReport {
+        let name = self.inner.durable.clone();
+        let info = async {
+            let stream = self
+                .inner
+                .js
+                .get_stream_no_info(self.inner.spec.stream_name())
+                .await
+                .map_err(nats)?;
+            stream.consumer_info(&name).await.map_err(nats)
+        };
+        match bounded(self.inner.probe_timeout, info).await {
+            Ok(info) => ConsumerReport {
+                name,
+                exists: Some(true),
+                pending: Some(info.num_pending),
+                ack_pending: Some(to_u64(info.num_ack_pending)),
+                redelivered: Some(to_u64(info.num_redelivered)),
+                error: None,
+                skipped: None,
+            },
+            Err(error) => ConsumerReport {
+                name,
+                exists: Some(false),
+                pending: None,
+                ack_pending: None,
+                redelivered: None,
+                error: Some(error),
+                skipped: None,
+            },
+        }
+    }
+
+    /// The DLQ section when the config uses one (`probe`: ask the server).
+    async fn dlq(&self, probe: bool) -> Option<DlqReport> {
+        let subject = self.inner.spec.dlq_subject()?.to_owned();
+        let stream = match self.inner.spec.dlq_placement() {
+            DlqPlacement::MainStream => self.inner.spec.stream_name(),
+            _ => self.inner.spec.dlq_stream_name(),
+        }
+        .to_owned();
+        let mut report = DlqReport {
+            stream,
+            subject,
+            depth: None,
+            error: None,
+            skipped: None,
+        };
+        if !probe {
+            report.skipped = Some(true);
+            return Some(report);
+        }
+        let depth = async {
+            let s = self
+                .inner
+                .js
+                .get_stream_no_info(&report.stream)
+                .await
+                .map_err(nats)?;
+            let mut subjects = s.info_with_subjects(&report.subject).await.map_err(nats)?;
+            let mut depth = 0_u64;
+            while let Some(entry) = subjects.next().await {
+                let (subject, count) = entry.map_err(nats)?;
+                if subject == report.subject {
+                    depth += to_u64(count);
+                }
+            }
+            Ok::<_, HealthError>(depth)
+        };
+        match bounded(self.inner.probe_timeout, depth).await {
+            Ok(d) => report.depth = Some(d),
+            Err(e) => report.error = Some(e),
+        }
+        Some(report)
+    }
+
+    async fn outbox(&self) -> Option<OutboxReport> {
+        let pool = self.inner.pool.as_ref().filter(|_| self.inner.use_outbox)?;
+        let backlog = async {
+            let mut conn = pool.get().await.map_err(database)?;
+            Outbox::backlog(&mut conn).await.map_err(database)
+        };
+        Some(match bounded(self.inner.probe_timeout, backlog).await {
+            Ok(b) => OutboxReport {
+                pending: Some(b.unsent),
+                oldest_pending_age_seconds: b.oldest_unsent_age.map(|d| round2(d.as_secs_f64())),
+                failed: Some(b.failed),
+                error: None,
+            },
+            Err(e) => OutboxReport {
+                pending: None,
+                oldest_pending_age_seconds: None,
+                failed: None,
+                error: Some(e),
+            },
+        })
+    }
+
+    /// One uncached probe.
+    async fn probe(&self) -> HealthReport {
+        let started = Instant::now();
+        let checked_at = rfc3339(time::OffsetDateTime::now_utc());
+        let connection = self.connection();
+        let connected = connection.connected;
+        let restricted = self.inner.restricted;
+        let ask_js = connected && !restricted;
+        let name = self.inner.spec.stream_name().to_owned();
+
+        let rtt = async {
+            if connected {
+                self.rtt_ms().await
+            } else {
+                None
+            }
+        };
+        let stream = async {
+            if ask_js {
+                self.stream().await
+            } else {
+                StreamReport {
+                    exists: if restricted { None } else { Some(false) },
+                    name,
+                    subjects: None,
+                    messages: None,
+                    error: None,
+                    skipped: restricted.then_some(true),
+                    reason: restricted.then_some(RESTRICTED_REASON),
+                }
+            }
+        };
+        let consumer = async {
+            if ask_js {
+                self.consumer().await
+            } else {
+                ConsumerReport {
+                    name: self.inner.durable.clone(),
+                    exists: None,
+                    pending: None,
+                    ack_pending: None,
+                    redelivered: None,
+                    error: None,
+                    skipped: Some(true),
+                }
+            }
+        };
+        let (nats_rtt_ms, stream, consumer, dlq, outbox) =
+            futures_util::join!(rtt, stream, consumer, self.dlq(ask_js), self.outbox());
+        let runtime = self.observe_runtimes();
+
+        let healthy = connected
+            && (restricted || stream.exists == Some(true))
+            && outbox.as_ref().is_none_or(|o| o.error.is_none());
+        self.inner.metrics.set_probe(&ProbeGauges {
+            healthy,
+            dlq_size: dlq.as_ref().and_then(|d| d.depth),
+            consumer_pending: consumer.pending,
+            consumer_ack_pending: consumer.ack_pending,
+            stream_messages: stream.messages,
+            outbox_pending: outbox.as_ref().and_then(|o| o.pending),
+            outbox_oldest_age: outbox.as_ref().and_then(|o| o.oldest_pending_age_seconds),
+            outbox_failed: outbox.as_ref().and_then(|o| o.failed),
+        });
+        if !healthy {
+            tracing::warn!(state = connection.state, stream_exists = ?stream.exists,
+                "jetstream-bridge health check unhealthy");
+        }
+        HealthReport {
+            healthy,
+            connection,
+            stream,
+            performance: PerformanceReport {
+                nats_rtt_ms,
+                health_check_duration_ms: round2(started.elapsed().as_secs_f64() * 1000.0),
+            },
+            config: self.inner.config_report.clone(),
+            version: env!("CARGO_PKG_VERSION"),
+            cached: false,
+            checked_at,
+            skipped: restricted.then(|| SkippedReport {
+                reason: RESTRICTED_REASON,
+                requests: JS_REQUESTS.to_vec(),
+            }),
+            consumer,
+            dlq,
+            outbox,
+            runtime,
+        }
+    }
+}
