@@ -19,6 +19,7 @@ pub struct OutboxError {
     event_id: Option<EventId>,
     #[source]
     source: Option<BoxError>,
+    transient: bool,
 }
 
 /// What went wrong, see [`OutboxError::kind`].
@@ -37,11 +38,20 @@ pub enum OutboxErrorKind {
     /// serializable, invalid event id or trace id, invalid subject); the source says which.
     #[error("invalid event")]
     InvalidEvent,
-    /// An event with this event id is already in the outbox (unique `event_id`, SQLSTATE 23505).
+    /// An event with this event id is already in the outbox (SQLSTATE 23505 on the unique
+    /// `event_id` index `idx_outbox_event_id`; other unique violations are
+    /// [`Database`](Self::Database)).
     #[error("event id already in the outbox")]
     DuplicateEventId,
-    /// A database statement or connection failed.
+    /// The database could not be reached or aborted the statement for a reason that may pass:
+    /// no connection from the pool, connection lost or closed, serialization failure, deadlock,
+    /// server shutting down. [Transient](OutboxError::is_transient).
     #[error("database unavailable")]
+    DatabaseUnavailable,
+    /// The database rejected the statement (a constraint or check violation, an invalid value,
+    /// a missing table, a syntax error, ...): retrying the same statement will fail again.
+    /// Not transient.
+    #[error("database rejected the statement")]
     Database,
     /// Applying or reading migrations failed.
     #[error("migration failed")]
@@ -50,10 +60,24 @@ pub enum OutboxErrorKind {
     /// publish); [`is_transient`](OutboxError::is_transient) tells timeouts from rejections.
     #[error("publish not acknowledged by JetStream")]
     PublishNotAcked,
-    /// No stream captures the subject (the server answered "no responders").
+    /// No stream captures the subject, or JetStream is not answering right now (the server
+    /// answered "no responders"). [Transient](OutboxError::is_transient): the stream may not
+    /// be provisioned yet, or JetStream may be restarting.
     #[error("no stream captures the subject")]
     NoStream,
+    /// A [`RelayBuilder`](crate::RelayBuilder) setting is out of range (zero batch size,
+    /// in-flight window, lease, attempts or poll interval; back-off base zero or above its
+    /// maximum; empty relay id); the source lists every problem.
+    #[error("invalid relay settings")]
+    InvalidSettings,
+    /// The relay task panicked or was aborted before it could report.
+    #[error("relay task ended abnormally")]
+    RelayTask,
 }
+
+/// The unique index on `event_id` (migration `create_jetstream_outbox_events`): only a
+/// violation of this constraint means "duplicate event id".
+pub(crate) const EVENT_ID_UNIQUE_INDEX: &str = "idx_outbox_event_id";
 
 impl OutboxError {
     pub(crate) fn new(kind: OutboxErrorKind) -> Self {
@@ -61,14 +85,14 @@ impl OutboxError {
             kind,
             event_id: None,
             source: None,
+            transient: kind_is_transient(kind),
         }
     }
 
     pub(crate) fn with_source(kind: OutboxErrorKind, source: impl Into<BoxError>) -> Self {
         Self {
-            kind,
-            event_id: None,
             source: Some(source.into()),
+            ..Self::new(kind)
         }
     }
 
@@ -77,14 +101,19 @@ impl OutboxError {
         self
     }
 
+    /// A diesel error, classified: the `event_id` unique violation is
+    /// [`DuplicateEventId`](OutboxErrorKind::DuplicateEventId); lost connections, serialization
+    /// failures, deadlocks and server shutdowns are
+    /// [`DatabaseUnavailable`](OutboxErrorKind::DatabaseUnavailable); everything else (other
+    /// constraints, checks, invalid input, SQL errors) is [`Database`](OutboxErrorKind::Database).
     pub(crate) fn database(source: diesel::result::Error) -> Self {
-        use diesel::result::{DatabaseErrorKind, Error};
-        match source {
-            Error::DatabaseError(DatabaseErrorKind::UniqueViolation, _) => {
-                Self::with_source(OutboxErrorKind::DuplicateEventId, source)
-            }
-            other => Self::with_source(OutboxErrorKind::Database, other),
-        }
+        let kind = classify_diesel(&source);
+        Self::with_source(kind, source)
+    }
+
+    /// A connection pool error (no connection could be had): always transient.
+    pub(crate) fn pool(source: impl Into<BoxError>) -> Self {
+        Self::with_source(OutboxErrorKind::DatabaseUnavailable, source)
     }
 
     pub(crate) fn envelope(source: EnvelopeError) -> Self {
@@ -102,14 +131,9 @@ impl OutboxError {
             PublishErrorKind::StreamNotFound => OutboxErrorKind::NoStream,
             _ => OutboxErrorKind::PublishNotAcked,
         };
-        let transient = matches!(
-            source.kind(),
-            PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe
-        );
+        let transient = publish_is_outage(&source);
         let mut err = Self::with_source(kind, source);
-        if transient {
-            err.source = err.source.map(|s| Box::new(Transient(s)) as BoxError);
-        }
+        err.transient = transient;
         err
     }
 
@@ -125,40 +149,128 @@ impl OutboxError {
         self.event_id.as_ref()
     }
 
-    /// Whether retrying the same operation later may succeed: database errors, and publishes
-    /// that timed out or lost the connection (the server may not have seen them). A rejected
-    /// publish, an invalid or oversized event and a duplicate event id are not transient.
+    /// Whether retrying the same operation later may succeed:
+    /// [`DatabaseUnavailable`](OutboxErrorKind::DatabaseUnavailable),
+    /// [`NoStream`](OutboxErrorKind::NoStream), and publishes that timed out, lost the
+    /// connection or got a "temporarily unavailable" (HTTP-like 503) answer from JetStream.
+    /// A publish JetStream rejected for this message (too large, wrong expected sequence, ...),
+    /// a statement the database rejected, an invalid or oversized event and a duplicate event
+    /// id are not transient.
     #[must_use]
     pub fn is_transient(&self) -> bool {
-        match self.kind {
-            OutboxErrorKind::Database => true,
-            OutboxErrorKind::PublishNotAcked => self
-                .source
-                .as_ref()
-                .is_some_and(|s| s.downcast_ref::<Transient>().is_some()),
-            _ => false,
+        self.transient
+    }
+}
+
+fn kind_is_transient(kind: OutboxErrorKind) -> bool {
+    matches!(
+        kind,
+        OutboxErrorKind::DatabaseUnavailable | OutboxErrorKind::NoStream
+    )
+}
+
+/// Whether a diesel error is a duplicate event id, a passing unavailability, or a rejection.
+fn classify_diesel(error: &diesel::result::Error) -> OutboxErrorKind {
+    use diesel::result::{DatabaseErrorKind, Error};
+    match error {
+        Error::DatabaseError(DatabaseErrorKind::UniqueViolation, info)
+            if info.constraint_name() == Some(EVENT_ID_UNIQUE_INDEX) =>
+        {
+            OutboxErrorKind::DuplicateEventId
+        }
+        Error::DatabaseError(
+            DatabaseErrorKind::ClosedConnection
+            | DatabaseErrorKind::UnableToSendCommand
+            | DatabaseErrorKind::SerializationFailure
+            // A primary that became a read-only standby (fail-over in progress).
+            | DatabaseErrorKind::ReadOnlyTransaction,
+            _,
+        )
+        | Error::BrokenTransactionManager => OutboxErrorKind::DatabaseUnavailable,
+        // diesel-async maps SQLSTATEs it does not know to `Unknown` and keeps only the
+        // server's message, so the transient ones are recognised by their (English) text.
+        Error::DatabaseError(DatabaseErrorKind::Unknown, info)
+            if is_transient_message(info.message()) =>
+        {
+            OutboxErrorKind::DatabaseUnavailable
+        }
+        _ => OutboxErrorKind::Database,
+    }
+}
+
+/// Server messages of transient SQLSTATEs that diesel reports as `Unknown`: 40P01 deadlock,
+/// 57P01..57P03 shutdown / cannot connect now, 53300 too many connections, 55P03 lock not
+/// available, 08xxx connection exceptions.
+fn is_transient_message(message: &str) -> bool {
+    const PHRASES: &[&str] = &[
+        "deadlock detected",
+        "terminating connection",
+        "the database system is",
+        "too many connections",
+        "remaining connection slots",
+        "could not obtain lock",
+        "due to lock timeout",
+        "could not serialize access",
+        "connection failure",
+        "server closed the connection",
+    ];
+    let message = message.to_ascii_lowercase();
+    PHRASES.iter().any(|p| message.contains(p))
+}
+
+/// Whether a publish failed because NATS / JetStream is unavailable (not this message's
+/// fault): a timeout, a lost connection, "no responders" (no stream bound to the subject yet,
+/// or JetStream not answering), a full in-flight window, the client's connection task gone,
+/// or a JetStream error with the HTTP-like status 503 ("temporarily unavailable",
+/// "insufficient resources"). Everything else the server returns for the message itself
+/// (10054 message size exceeds maximum, wrong last sequence / msg id, ...) and client-side
+/// rejections of the message (over the server's `max_payload`, invalid subject) are not.
+pub(crate) fn publish_is_outage(error: &async_nats::jetstream::context::PublishError) -> bool {
+    use async_nats::jetstream::context::PublishErrorKind;
+    match error.kind() {
+        PublishErrorKind::TimedOut
+        | PublishErrorKind::BrokenPipe
+        | PublishErrorKind::StreamNotFound
+        | PublishErrorKind::MaxAckPending => true,
+        PublishErrorKind::WrongLastMessageId
+        | PublishErrorKind::WrongLastSequence
+        | PublishErrorKind::MaxPayloadExceeded => false,
+        PublishErrorKind::Other => {
+            let source = std::error::Error::source(error);
+            match source {
+                Some(s) => {
+                    if let Some(api) = s.downcast_ref::<async_nats::jetstream::Error>() {
+                        api.code() == 503
+                    } else {
+                        // A subject the client refuses, or an ack it cannot parse, belongs to
+                        // this message; anything else (the command channel closed: the client
+                        // is shutting down) is the connection's.
+                        s.downcast_ref::<async_nats::subject::SubjectError>()
+                            .is_none()
+                            && s.downcast_ref::<serde_json::Error>().is_none()
+                    }
+                }
+                None => true,
+            }
         }
     }
 }
 
 /// Lets [`OutboxError`] be the error type of a diesel-async `transaction` closure that calls
 /// [`Outbox::enqueue`](crate::Outbox::enqueue): a failed statement (or `BEGIN`/`COMMIT`) becomes
-/// [`OutboxErrorKind::Database`] (or [`DuplicateEventId`](OutboxErrorKind::DuplicateEventId)).
+/// [`DatabaseUnavailable`](OutboxErrorKind::DatabaseUnavailable),
+/// [`Database`](OutboxErrorKind::Database) or
+/// [`DuplicateEventId`](OutboxErrorKind::DuplicateEventId), as classified above.
 impl From<diesel::result::Error> for OutboxError {
     fn from(source: diesel::result::Error) -> Self {
         Self::database(source)
     }
 }
 
-/// Marks a publish error as a timeout / lost connection, so [`OutboxError::is_transient`] can
-/// tell without exposing async-nats types.
-#[derive(Debug, thiserror::Error)]
-#[error(transparent)]
-struct Transient(BoxError);
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use diesel::result::{DatabaseErrorInformation, DatabaseErrorKind, Error as DieselError};
 
     #[test]
     fn messages_are_ours_and_lowercase() {
@@ -172,9 +284,138 @@ mod tests {
             "payload is 10 bytes, over the 5-byte limit"
         );
         assert!(!err.is_transient());
-        let db = OutboxError::database(diesel::result::Error::NotFound);
-        assert_eq!(db.to_string(), "database unavailable");
-        assert!(db.is_transient());
+    }
+
+    /// What the server reports, as diesel-async hands it over.
+    struct Info {
+        message: &'static str,
+        constraint: Option<&'static str>,
+    }
+
+    impl DatabaseErrorInformation for Info {
+        fn message(&self) -> &str {
+            self.message
+        }
+        fn details(&self) -> Option<&str> {
+            None
+        }
+        fn hint(&self) -> Option<&str> {
+            None
+        }
+        fn table_name(&self) -> Option<&str> {
+            None
+        }
+        fn column_name(&self) -> Option<&str> {
+            None
+        }
+        fn constraint_name(&self) -> Option<&str> {
+            self.constraint
+        }
+        fn statement_position(&self) -> Option<i32> {
+            None
+        }
+    }
+
+    fn db(
+        kind: DatabaseErrorKind,
+        message: &'static str,
+        constraint: Option<&'static str>,
+    ) -> OutboxError {
+        OutboxError::database(DieselError::DatabaseError(
+            kind,
+            Box::new(Info {
+                message,
+                constraint,
+            }),
+        ))
+    }
+
+    #[test]
+    fn only_the_event_id_index_means_duplicate() {
+        let dup = db(
+            DatabaseErrorKind::UniqueViolation,
+            "duplicate key value violates unique constraint",
+            Some(EVENT_ID_UNIQUE_INDEX),
+        );
+        assert_eq!(dup.kind(), OutboxErrorKind::DuplicateEventId);
+        assert!(!dup.is_transient());
+        let other = db(
+            DatabaseErrorKind::UniqueViolation,
+            "duplicate key value violates unique constraint",
+            Some("jetstream_outbox_events_pkey"),
+        );
+        assert_eq!(other.kind(), OutboxErrorKind::Database);
+        assert!(!other.is_transient());
+    }
+
+    #[test]
+    fn unavailable_is_transient_rejected_is_not() {
+        for (kind, message) in [
+            (DatabaseErrorKind::ClosedConnection, "closed"),
+            (DatabaseErrorKind::UnableToSendCommand, "connection closed"),
+            (
+                DatabaseErrorKind::SerializationFailure,
+                "could not serialize access",
+            ),
+            (
+                DatabaseErrorKind::ReadOnlyTransaction,
+                "read-only transaction",
+            ),
+            (DatabaseErrorKind::Unknown, "deadlock detected"),
+            (
+                DatabaseErrorKind::Unknown,
+                "terminating connection due to administrator command",
+            ),
+            (
+                DatabaseErrorKind::Unknown,
+                "the database system is shutting down",
+            ),
+        ] {
+            let err = db(kind, message, None);
+            assert_eq!(
+                err.kind(),
+                OutboxErrorKind::DatabaseUnavailable,
+                "{message}"
+            );
+            assert!(err.is_transient(), "{message}");
+            assert_eq!(err.to_string(), "database unavailable");
+        }
+        for (kind, message) in [
+            (
+                DatabaseErrorKind::CheckViolation,
+                "violates check constraint",
+            ),
+            (DatabaseErrorKind::NotNullViolation, "null value in column"),
+            (
+                DatabaseErrorKind::ForeignKeyViolation,
+                "violates foreign key",
+            ),
+            (
+                DatabaseErrorKind::Unknown,
+                "syntax error at or near \"SELEC\"",
+            ),
+            (
+                DatabaseErrorKind::Unknown,
+                "relation \"jetstream_outbox_events\" does not exist",
+            ),
+            (
+                DatabaseErrorKind::Unknown,
+                "unsupported Unicode escape sequence",
+            ),
+        ] {
+            let err = db(kind, message, None);
+            assert_eq!(err.kind(), OutboxErrorKind::Database, "{message}");
+            assert!(!err.is_transient(), "{message}");
+            assert_eq!(err.to_string(), "database rejected the statement");
+        }
+        let not_found = OutboxError::database(DieselError::NotFound);
+        assert_eq!(not_found.kind(), OutboxErrorKind::Database);
+        assert!(!not_found.is_transient());
+        assert!(OutboxError::pool("pool timed out").is_transient());
+    }
+
+    fn api_error(json: &str) -> async_nats::jetstream::Error {
+        serde_json::from_str(json).unwrap()
     }
 
     #[test]
@@ -183,10 +424,34 @@ mod tests {
         let timeout = OutboxError::publish(PublishError::new(PublishErrorKind::TimedOut));
         assert_eq!(timeout.kind(), OutboxErrorKind::PublishNotAcked);
         assert!(timeout.is_transient());
+        let broken = OutboxError::publish(PublishError::new(PublishErrorKind::BrokenPipe));
+        assert!(broken.is_transient());
         let none = OutboxError::publish(PublishError::new(PublishErrorKind::StreamNotFound));
         assert_eq!(none.kind(), OutboxErrorKind::NoStream);
-        assert!(!none.is_transient());
+        assert!(none.is_transient());
         let big = OutboxError::publish(PublishError::new(PublishErrorKind::MaxPayloadExceeded));
         assert!(!big.is_transient());
+        let seq = OutboxError::publish(PublishError::new(PublishErrorKind::WrongLastSequence));
+        assert!(!seq.is_transient());
+        let too_big_for_stream = PublishError::with_source(
+            PublishErrorKind::Other,
+            api_error(
+                r#"{"code":400,"err_code":10054,"description":"message size exceeds maximum allowed"}"#,
+            ),
+        );
+        assert!(!publish_is_outage(&too_big_for_stream));
+        assert!(!OutboxError::publish(too_big_for_stream).is_transient());
+        let unavailable = PublishError::with_source(
+            PublishErrorKind::Other,
+            api_error(
+                r#"{"code":503,"err_code":10008,"description":"JetStream system temporarily unavailable"}"#,
+            ),
+        );
+        assert!(publish_is_outage(&unavailable));
+        let bad_subject = PublishError::with_source(
+            PublishErrorKind::Other,
+            async_nats::subject::SubjectError::InvalidFormat,
+        );
+        assert!(!publish_is_outage(&bad_subject));
     }
 }

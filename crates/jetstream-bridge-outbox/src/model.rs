@@ -120,7 +120,11 @@ impl NewEvent {
         self
     }
 
-    /// A W3C `traceparent` to send as a header with the event.
+    /// A W3C `traceparent` to send as a header with the event:
+    /// `<version>-<trace-id>-<parent-id>-<flags>`, lowercase hex, e.g.
+    /// `00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01`; ids must not be all zeros.
+    /// Checked when the event is enqueued or published
+    /// ([`InvalidEvent`](crate::OutboxErrorKind::InvalidEvent)).
     pub fn traceparent(mut self, traceparent: impl Into<String>) -> Self {
         self.traceparent = Some(traceparent.into());
         self
@@ -156,6 +160,14 @@ impl NewEvent {
             }
             None => defaults.subject.clone(),
         };
+        if let Some(tp) = &self.traceparent {
+            validate_traceparent(tp).map_err(|reason| {
+                fail(OutboxError::with_source(
+                    OutboxErrorKind::InvalidEvent,
+                    format!("invalid traceparent: {reason}"),
+                ))
+            })?;
+        }
         let ordering_key = self
             .ordering_key
             .unwrap_or_else(|| format!("{}:{}", envelope.resource_type, envelope.resource_id));
@@ -167,6 +179,56 @@ impl NewEvent {
             traceparent: self.traceparent,
             ordering_key,
         })
+    }
+}
+
+/// Checks a W3C Trace Context `traceparent` (version `00`: exactly
+/// `00-<32 hex>-<16 hex>-<2 hex>`; a later version may append `-…`, version `ff` is invalid).
+/// The reason does not echo the value (it may be attacker-controlled).
+pub(crate) fn validate_traceparent(tp: &str) -> std::result::Result<(), &'static str> {
+    fn lower_hex(s: &str) -> bool {
+        s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    }
+    if !tp.is_ascii() {
+        return Err("not ASCII");
+    }
+    let bytes = tp.as_bytes();
+    if bytes.len() < 55 {
+        return Err("shorter than 55 characters");
+    }
+    let (version, trace_id, parent_id, flags) = (&tp[0..2], &tp[3..35], &tp[36..52], &tp[53..55]);
+    if bytes[2] != b'-' || bytes[35] != b'-' || bytes[52] != b'-' {
+        return Err("not `version-trace_id-parent_id-flags`");
+    }
+    if !(lower_hex(version) && lower_hex(trace_id) && lower_hex(parent_id) && lower_hex(flags)) {
+        return Err("fields must be lowercase hex");
+    }
+    if version == "ff" {
+        return Err("version ff is invalid");
+    }
+    if version == "00" && bytes.len() != 55 {
+        return Err("version 00 has exactly 4 fields");
+    }
+    if bytes.len() > 55 && bytes[55] != b'-' {
+        return Err("not `version-trace_id-parent_id-flags`");
+    }
+    if trace_id.bytes().all(|b| b == b'0') {
+        return Err("all-zero trace id");
+    }
+    if parent_id.bytes().all(|b| b == b'0') {
+        return Err("all-zero parent id");
+    }
+    Ok(())
+}
+
+/// Whether a JSON value holds a NUL character (`\u0000`) in any string or key: PostgreSQL's
+/// `jsonb` cannot store it.
+pub(crate) fn contains_nul(value: &Value) -> bool {
+    match value {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(contains_nul),
+        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || contains_nul(v)),
+        Value::Null | Value::Bool(_) | Value::Number(_) => false,
     }
 }
 
@@ -347,6 +409,45 @@ mod tests {
         assert!(h.get("traceparent").is_none());
         assert_eq!(h.get("x-ok").map(|v| v.as_str()), Some("fine"));
         assert_eq!(h.iter().count(), 1);
+    }
+
+    #[test]
+    fn traceparent_must_be_w3c() {
+        let ok = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert_eq!(validate_traceparent(ok), Ok(()));
+        assert_eq!(
+            validate_traceparent(&format!("01{}-extra", &ok[2..])),
+            Ok(())
+        );
+        for bad in [
+            "",
+            "tp",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x",
+            "00_4bf92f3577b34da6a3ce929d0e0e4736_00f067aa0ba902b7_01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473g-00f067aa0ba902b7-01",
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01x",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0\u{e9}",
+        ] {
+            assert!(validate_traceparent(bad).is_err(), "{bad:?}");
+        }
+        let err = NewEvent::new("x.y", json!({}))
+            .traceparent("00-00000000000000000000000000000000-00f067aa0ba902b7-01")
+            .prepare(&defaults())
+            .unwrap_err();
+        assert_eq!(err.kind(), OutboxErrorKind::InvalidEvent);
+        assert!(err.event_id().is_some());
+    }
+
+    #[test]
+    fn nul_is_found_in_values_and_keys() {
+        assert!(!contains_nul(&json!({"a": ["b", 1, null, {"c": "d"}]})));
+        assert!(contains_nul(&json!({"a": ["b", {"c": "d\u{0}"}]})));
+        assert!(contains_nul(&json!({"a\u{0}": 1})));
     }
 
     #[test]

@@ -29,8 +29,8 @@ pub struct Published {
 
 /// Publishes envelopes straight to JetStream, for services that do not use the outbox.
 ///
-/// Transient failures (timeouts, a lost connection, "no responders" right after a
-/// reconnect) are retried with back-off, up to [`retry_attempts`](Self::retry_attempts) in
+/// Transient failures ([`OutboxError::is_transient`]: timeouts, a lost connection, "no
+/// responders" right after a reconnect or before the stream exists, JetStream 503) are retried with back-off, up to [`retry_attempts`](Self::retry_attempts) in
 /// total; every attempt carries the same `Nats-Msg-Id`, so a retry of a publish that was in
 /// fact stored is reported as a [duplicate](Published::duplicate), never stored twice.
 ///
@@ -118,13 +118,15 @@ impl Publisher {
     /// the same event id is safe within the stream's duplicate window.
     pub async fn publish(&self, event: impl Into<NewEvent>) -> Result<Published> {
         let prepared = event.into().prepare(&self.defaults)?;
-        self.publish_prepared(&prepared, 1).await
+        self.publish_prepared(&prepared).await
     }
 
     /// Publishes many events, pipelined (up to [`max_in_flight`](Self::max_in_flight) PubAcks
     /// outstanding), and reports one result per event in input order. Events that failed
-    /// transiently are then retried one by one, as [`publish`](Self::publish) does. There is
-    /// no atomicity: some may succeed while others fail.
+    /// transiently are retried together, again pipelined, after a back-off, up to
+    /// [`retry_attempts`](Self::retry_attempts) rounds in total (a retry of an event that was in
+    /// fact stored comes back as a duplicate). There is no atomicity: some may succeed while
+    /// others fail.
     ///
     /// # Cancel safety
     ///
@@ -139,15 +141,59 @@ impl Publisher {
             .map(|e| e.into().prepare(&self.defaults))
             .collect();
         let mut results: Vec<Option<Result<Published>>> = prepared.iter().map(|_| None).collect();
+        let mut round: Vec<(usize, &Prepared)> = prepared
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| p.as_ref().ok().map(|p| (i, p)))
+            .collect();
+        let mut attempt = 1;
+        loop {
+            let mut retry = Vec::new();
+            for (i, r) in self.publish_round(&round).await {
+                if matches!(&r, Err(e) if e.is_transient()) && attempt < self.attempts {
+                    if let Some(entry) = round.iter().find(|(j, _)| *j == i) {
+                        retry.push(*entry);
+                    }
+                }
+                results[i] = Some(r);
+            }
+            if retry.is_empty() {
+                break;
+            }
+            tracing::debug!(
+                events = retry.len(),
+                attempt,
+                "batch publish: retrying transient failures"
+            );
+            tokio::time::sleep(self.backoff.delay(attempt)).await;
+            attempt += 1;
+            round = retry;
+        }
+        prepared
+            .into_iter()
+            .zip(results)
+            .map(|(p, r)| match (p, r) {
+                (Err(e), _) => Err(e),
+                (Ok(_), Some(r)) => r,
+                (Ok(p), None) => {
+                    Err(OutboxError::new(OutboxErrorKind::PublishNotAcked).for_event(p.event_id))
+                }
+            })
+            .collect()
+    }
+
+    /// One pipelined pass over `events` (index into the caller's input, event): the result of
+    /// each, in the same order.
+    async fn publish_round(
+        &self,
+        events: &[(usize, &Prepared)],
+    ) -> Vec<(usize, Result<Published>)> {
+        let mut out = Vec::with_capacity(events.len());
         let mut in_flight = FuturesOrdered::new();
-        for (i, p) in prepared.iter().enumerate() {
-            let p = match p {
-                Ok(p) => p,
-                Err(_) => continue,
-            };
+        for &(i, p) in events {
             while in_flight.len() >= self.max_in_flight {
-                if let Some((j, r)) = in_flight.next().await {
-                    results[j] = Some(r);
+                if let Some(done) = in_flight.next().await {
+                    out.push(done);
                 }
             }
             match self.send(p).await {
@@ -168,26 +214,19 @@ impl Publisher {
                     });
                 }
                 Err(e) => {
-                    results[i] = Some(Err(OutboxError::publish(e).for_event(p.event_id.clone())))
+                    // Keep the output in input order: wait for what is in flight first.
+                    while let Some(done) = in_flight.next().await {
+                        out.push(done);
+                    }
+                    out.push((
+                        i,
+                        Err(OutboxError::publish(e).for_event(p.event_id.clone())),
+                    ));
                 }
             }
         }
-        while let Some((j, r)) = in_flight.next().await {
-            results[j] = Some(r);
-        }
-        let mut out = Vec::with_capacity(prepared.len());
-        for (p, r) in prepared.into_iter().zip(results) {
-            out.push(match (p, r) {
-                (Err(e), _) => Err(e),
-                (Ok(p), Some(Err(e))) if retryable(&e) && self.attempts > 1 => {
-                    tokio::time::sleep(self.backoff.delay(1)).await;
-                    self.publish_prepared(&p, 2).await
-                }
-                (Ok(_), Some(r)) => r,
-                (Ok(p), None) => {
-                    Err(OutboxError::new(OutboxErrorKind::PublishNotAcked).for_event(p.event_id))
-                }
-            });
+        while let Some(done) = in_flight.next().await {
+            out.push(done);
         }
         out
     }
@@ -210,8 +249,8 @@ impl Publisher {
     }
 
     #[tracing::instrument(name = "outbox_publish", skip_all, fields(event_id = %p.event_id, subject = %p.subject))]
-    async fn publish_prepared(&self, p: &Prepared, first_attempt: u32) -> Result<Published> {
-        let mut attempt = first_attempt;
+    async fn publish_prepared(&self, p: &Prepared) -> Result<Published> {
+        let mut attempt = 1;
         loop {
             let result = match self.send(p).await {
                 Ok(ack) => ack.await,
@@ -229,7 +268,7 @@ impl Publisher {
                 }
                 Err(e) => {
                     let err = OutboxError::publish(e).for_event(p.event_id.clone());
-                    if attempt >= self.attempts || !retryable(&err) {
+                    if attempt >= self.attempts || !err.is_transient() {
                         return Err(err);
                     }
                     tracing::debug!(event_id = %p.event_id, attempt, error = %err, "publish failed; retrying");
@@ -239,10 +278,4 @@ impl Publisher {
             }
         }
     }
-}
-
-/// Timeouts, lost connections and "no responders" (JetStream not ready right after a
-/// reconnect) are worth another attempt.
-fn retryable(err: &OutboxError) -> bool {
-    err.is_transient() || err.kind() == OutboxErrorKind::NoStream
 }

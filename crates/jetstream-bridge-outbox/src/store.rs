@@ -2,14 +2,14 @@
 
 use std::time::Duration;
 
-use diesel::sql_types::{BigInt, Double, Nullable};
+use diesel::sql_types::{Array, BigInt, Double, Jsonb, Nullable, Text};
 use diesel::{Insertable, QueryableByName};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use jetstream_bridge_config::{Config, EventId};
 use serde_json::Value;
 
-use crate::error::{OutboxError, Result};
-use crate::model::{Defaults, NewEvent, Prepared};
+use crate::error::{BoxError, OutboxError, OutboxErrorKind, Result};
+use crate::model::{contains_nul, Defaults, NewEvent, Prepared};
 use crate::schema::jetstream_outbox_events;
 
 /// Writes events into `jetstream_outbox_events` inside the caller's own transaction.
@@ -41,7 +41,22 @@ use crate::schema::jetstream_outbox_events;
 #[derive(Debug, Clone)]
 pub struct Outbox {
     defaults: Defaults,
+    ordered: bool,
 }
+
+/// Takes the per-key advisory lock (two-key form: the table's namespace, the key's hash) and
+/// inserts the row in one statement, so the row's `id` is drawn only after the lock is held.
+const INSERT_ORDERED_SQL: &str = "\
+INSERT INTO jetstream_outbox_events (event_id, subject, payload, headers, ordering_key) \
+SELECT $1, $2, $3, $4, $5 \
+FROM (SELECT pg_advisory_xact_lock(hashtext('jetstream_outbox_events'), hashtext($5))) AS l";
+
+/// The per-key advisory locks of a batch, in one statement and in lock-key order (two batches
+/// sharing keys then cannot deadlock each other; volatile functions in the target list run
+/// after the sort).
+const LOCK_KEYS_SQL: &str = "\
+SELECT pg_advisory_xact_lock(hashtext('jetstream_outbox_events'), k) \
+FROM (SELECT DISTINCT hashtext(key) AS k FROM unnest($1::text[]) AS key) AS keys ORDER BY k";
 
 /// The outbox backlog, from [`Outbox::backlog`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -77,12 +92,25 @@ struct NewRow {
 
 impl NewRow {
     fn from_prepared(p: Prepared) -> Result<Self> {
+        let invalid = |source: BoxError| {
+            OutboxError::with_source(OutboxErrorKind::InvalidEvent, source)
+                .for_event(p.event_id.clone())
+        };
         let headers = p.headers_json();
         // The envelope as a real JSON object (lesson L-R10), not a JSON string.
-        let payload = serde_json::to_value(&p.envelope).map_err(|e| {
-            OutboxError::with_source(crate::OutboxErrorKind::InvalidEvent, e)
-                .for_event(p.event_id.clone())
-        })?;
+        let payload = serde_json::to_value(&p.envelope).map_err(|e| invalid(e.into()))?;
+        // PostgreSQL cannot store NUL: jsonb rejects `\u0000` (SQLSTATE 22P05) and varchar the
+        // byte 0x00, which would abort the caller's transaction. Refuse it before any I/O.
+        if contains_nul(&payload) || contains_nul(&headers) {
+            return Err(invalid(
+                "a string or key of the envelope contains NUL (\\u0000), which PostgreSQL \
+                 jsonb cannot store"
+                    .into(),
+            ));
+        }
+        if p.ordering_key.contains('\0') {
+            return Err(invalid("the ordering key contains NUL (\\u0000)".into()));
+        }
         Ok(Self {
             event_id: p.event_id.into_string(),
             subject: p.subject,
@@ -101,7 +129,31 @@ impl Outbox {
     pub fn new(config: &Config) -> Self {
         Self {
             defaults: Defaults::from_config(config),
+            ordered: false,
         }
+    }
+
+    /// Serialize enqueues of the same ordering key (default off; turn it on when an
+    /// [ordered](crate::RelayBuilder::ordered) relay publishes this table).
+    ///
+    /// An ordered relay publishes a key's events in `id` order, and `id`s are drawn at insert
+    /// time, not at commit: without this, two transactions enqueueing the same key can commit
+    /// in the opposite order of their ids, and if the later id commits first the relay may
+    /// publish it before the earlier one exists. With it, `enqueue` first takes
+    /// `pg_advisory_xact_lock` on the key (in the same statement as the insert), held until the
+    /// caller's transaction ends: a second transaction enqueueing the same key waits for the
+    /// first to commit or roll back, so same-key ids follow commit order.
+    ///
+    /// Cost: same-key writers serialize for the rest of their transactions (keep them short);
+    /// unrelated keys whose 32-bit hashes collide serialize too; two transactions that enqueue
+    /// the same two keys in opposite orders can deadlock (PostgreSQL aborts one with SQLSTATE
+    /// 40P01, reported as the transient
+    /// [`DatabaseUnavailable`](OutboxErrorKind::DatabaseUnavailable)). Writers that bypass this
+    /// `Outbox` (the Ruby gem, hand-written SQL) take no lock.
+    #[must_use]
+    pub fn ordered(mut self, on: bool) -> Self {
+        self.ordered = on;
+        self
     }
 
     /// Writes one event on `conn`. Call it inside your own `conn.transaction(..)`: if the
@@ -114,8 +166,10 @@ impl Outbox {
     /// # Errors
     ///
     /// Before touching the database: [`PayloadTooLarge`](crate::OutboxErrorKind::PayloadTooLarge)
-    /// and [`InvalidEvent`](crate::OutboxErrorKind::InvalidEvent). From the insert:
-    /// [`DuplicateEventId`](crate::OutboxErrorKind::DuplicateEventId) and
+    /// and [`InvalidEvent`](crate::OutboxErrorKind::InvalidEvent) (among others: a
+    /// `traceparent` that is not W3C, a NUL character in any string of the envelope). From the
+    /// insert: [`DuplicateEventId`](crate::OutboxErrorKind::DuplicateEventId),
+    /// [`DatabaseUnavailable`](crate::OutboxErrorKind::DatabaseUnavailable) (transient) and
     /// [`Database`](crate::OutboxErrorKind::Database); the caller's transaction is then aborted
     /// and should be rolled back (returning the error from the closure does that).
     ///
@@ -131,11 +185,22 @@ impl Outbox {
         let prepared = event.into().prepare(&self.defaults)?;
         let event_id = prepared.event_id.clone();
         let row = NewRow::from_prepared(prepared)?;
-        diesel::insert_into(jetstream_outbox_events::table)
-            .values(&row)
-            .execute(conn)
-            .await
-            .map_err(|e| OutboxError::database(e).for_event(event_id.clone()))?;
+        let inserted = if self.ordered {
+            diesel::sql_query(INSERT_ORDERED_SQL)
+                .bind::<Text, _>(&row.event_id)
+                .bind::<Text, _>(&row.subject)
+                .bind::<Jsonb, _>(&row.payload)
+                .bind::<Jsonb, _>(&row.headers)
+                .bind::<Text, _>(&row.ordering_key)
+                .execute(conn)
+                .await
+        } else {
+            diesel::insert_into(jetstream_outbox_events::table)
+                .values(&row)
+                .execute(conn)
+                .await
+        };
+        inserted.map_err(|e| OutboxError::database(e).for_event(event_id.clone()))?;
         Ok(event_id)
     }
 
@@ -164,6 +229,14 @@ impl Outbox {
             let prepared = event.into().prepare(&self.defaults)?;
             ids.push(prepared.event_id.clone());
             rows.push(NewRow::from_prepared(prepared)?);
+        }
+        if self.ordered && !rows.is_empty() {
+            let keys: Vec<&str> = rows.iter().map(|r| r.ordering_key.as_str()).collect();
+            diesel::sql_query(LOCK_KEYS_SQL)
+                .bind::<Array<Text>, _>(keys)
+                .execute(conn)
+                .await
+                .map_err(OutboxError::database)?;
         }
         // Postgres takes at most 65535 bind parameters per statement (5 per row).
         for chunk in rows.chunks(10_000) {

@@ -2,11 +2,11 @@
 
 use std::time::Duration;
 
-use diesel::sql_types::{BigInt, Nullable, Text};
+use diesel::sql_types::{BigInt, Integer, Jsonb, Nullable, Text};
 use diesel::QueryableByName;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 use jetstream_bridge_config::{Config, Envelope, MSG_ID_HEADER, RUBY_MSG_ID_HEADER};
-use jetstream_bridge_outbox::{NewEvent, Outbox, OutboxError, OutboxErrorKind};
+use jetstream_bridge_outbox::{NewEvent, Outbox, OutboxError, OutboxErrorKind, Publisher};
 use serde_json::json;
 
 use crate::{stream_ids, stream_len, wait_sent, Env};
@@ -272,5 +272,178 @@ async fn backlog_counts_and_ages() {
         "{age:?}"
     );
     drop(conn);
+    env.teardown().await;
+}
+
+/// PostgreSQL's jsonb cannot hold NUL: written raw, the insert fails on the server and aborts
+/// the transaction. `enqueue` refuses it before any I/O, as `InvalidEvent`, and the caller's
+/// transaction stays usable.
+#[tokio::test(flavor = "multi_thread")]
+async fn nul_in_a_payload_string_is_refused_before_the_database() {
+    let env = Env::new().await;
+    let mut conn = env.db.conn().await;
+    // What used to happen: the server rejects the row (22P05) and the error is not transient.
+    let raw = diesel::sql_query(
+        "INSERT INTO jetstream_outbox_events (event_id, subject, payload) VALUES ('raw', 's', $1)",
+    )
+    .bind::<Jsonb, _>(json!({"note": "a\u{0}b"}))
+    .execute(&mut conn)
+    .await
+    .unwrap_err();
+    assert!(
+        raw.to_string()
+            .contains("unsupported Unicode escape sequence"),
+        "{raw}"
+    );
+    let classified = OutboxError::from(raw);
+    assert_eq!(classified.kind(), OutboxErrorKind::Database);
+    assert!(!classified.is_transient());
+
+    let outbox = env.outbox.clone();
+    let kept = conn
+        .transaction::<_, OutboxError, _>(async |conn| {
+            for event in [
+                NewEvent::new("note.added", json!({"id": 1, "text": "a\u{0}b"})),
+                NewEvent::new("note.added", json!({"id": 1, "nested": [{"k\u{0}": 1}]})),
+                NewEvent::new("note.added", json!({"id": 1})).ordering_key("k\u{0}"),
+            ] {
+                let err = outbox.enqueue(conn, event).await.unwrap_err();
+                assert_eq!(err.kind(), OutboxErrorKind::InvalidEvent);
+                assert!(err.event_id().is_some());
+                assert!(!err.is_transient());
+            }
+            let err = outbox
+                .enqueue_batch(
+                    conn,
+                    [
+                        NewEvent::new("note.added", json!({"id": 2})),
+                        NewEvent::new("note.added", json!({"id": 3, "t": "\u{0}"})),
+                    ],
+                )
+                .await
+                .unwrap_err();
+            assert_eq!(err.kind(), OutboxErrorKind::InvalidEvent);
+            // Nothing failed on the server: the transaction goes on.
+            outbox
+                .enqueue(conn, NewEvent::new("note.added", json!({"id": 4})))
+                .await
+        })
+        .await
+        .unwrap();
+    let ids = crate::all_event_ids(&env.db).await;
+    assert_eq!(ids.len(), 1);
+    assert!(ids.contains(kept.as_str()));
+    drop(conn);
+    env.teardown().await;
+}
+
+/// A `traceparent` that is not W3C is refused at enqueue (and at publish), before any I/O.
+#[tokio::test(flavor = "multi_thread")]
+async fn traceparent_must_be_w3c() {
+    let env = Env::new().await;
+    let mut conn = env.db.conn().await;
+    for bad in [
+        "not-a-traceparent",
+        "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+        "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\nx: y",
+    ] {
+        let err = env
+            .outbox
+            .enqueue(
+                &mut conn,
+                NewEvent::new("user.created", json!({"id": 1})).traceparent(bad),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), OutboxErrorKind::InvalidEvent, "{bad:?}");
+        let published = Publisher::new(&env.config, env.js())
+            .publish(NewEvent::new("user.created", json!({"id": 1})).traceparent(bad))
+            .await
+            .unwrap_err();
+        assert_eq!(published.kind(), OutboxErrorKind::InvalidEvent, "{bad:?}");
+    }
+    assert!(crate::all_event_ids(&env.db).await.is_empty());
+    assert_eq!(stream_len(&env.stream).await, 0);
+    env.outbox
+        .enqueue(
+            &mut conn,
+            NewEvent::new("user.created", json!({"id": 1}))
+                .traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+        )
+        .await
+        .unwrap();
+    drop(conn);
+    env.teardown().await;
+}
+
+#[derive(QueryableByName)]
+struct Pid {
+    #[diesel(sql_type = Integer)]
+    pid: i32,
+}
+
+/// Database errors are classified on a real server: only the `event_id` unique index means a
+/// duplicate; another unique index is a non-transient rejection; a connection the server
+/// terminated is transient.
+#[tokio::test(flavor = "multi_thread")]
+async fn database_errors_are_classified() {
+    let env = Env::new().await;
+    let mut conn = env.db.conn().await;
+    // One row per ordering key: a unique constraint that is not the event id's.
+    diesel::sql_query(
+        "CREATE UNIQUE INDEX test_one_row_per_key ON jetstream_outbox_events (ordering_key)",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let first = env
+        .outbox
+        .enqueue(
+            &mut conn,
+            NewEvent::new("user.created", json!({"id": 1})).ordering_key("k"),
+        )
+        .await
+        .unwrap();
+    let err = env
+        .outbox
+        .enqueue(
+            &mut conn,
+            NewEvent::new("user.created", json!({"id": 2})).ordering_key("k"),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), OutboxErrorKind::Database);
+    assert!(!err.is_transient());
+    let again = NewEvent::new("user.created", json!({"id": 3}))
+        .ordering_key("other")
+        .envelope_with(|b| b.event_id(first.clone()));
+    let err = env.outbox.enqueue(&mut conn, again).await.unwrap_err();
+    assert_eq!(err.kind(), OutboxErrorKind::DuplicateEventId);
+    assert!(!err.is_transient());
+
+    // The server ends the session (as on a fail-over or restart).
+    let pid: Pid = diesel::sql_query("SELECT pg_backend_pid() AS pid")
+        .get_result(&mut conn)
+        .await
+        .unwrap();
+    let mut admin = env.db.conn().await;
+    diesel::sql_query("SELECT pg_terminate_backend($1)")
+        .bind::<Integer, _>(pid.pid)
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let err = env
+        .outbox
+        .enqueue(
+            &mut conn,
+            NewEvent::new("user.created", json!({"id": 4})).ordering_key("new"),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), OutboxErrorKind::DatabaseUnavailable, "{err:?}");
+    assert!(err.is_transient());
+    drop((conn, admin));
     env.teardown().await;
 }

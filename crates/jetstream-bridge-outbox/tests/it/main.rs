@@ -74,6 +74,26 @@ impl Env {
     }
 }
 
+/// Largest message the "small" stream of [`small_stream`] stores.
+pub(crate) const SMALL_MAX_MESSAGE: i32 = 1024;
+
+/// A stream capturing `<prefix>.small.>` that refuses messages over [`SMALL_MAX_MESSAGE`]
+/// bytes (JetStream error 10054): a real per-message permanent failure for events that are
+/// still well under the library's own payload limit. Returns the stream and a subject in it.
+pub(crate) async fn small_stream(env: &Env) -> (Stream, String) {
+    let mut config = env.t.stream_config("small");
+    config.max_message_size = SMALL_MAX_MESSAGE;
+    (
+        env.t.create_stream(config).await,
+        env.t.subject("small.events"),
+    )
+}
+
+/// A payload whose envelope is over [`SMALL_MAX_MESSAGE`] bytes.
+pub(crate) fn oversized_for_small_stream() -> serde_json::Value {
+    serde_json::json!({ "id": "big", "blob": "x".repeat(4096) })
+}
+
 /// Number of messages stored in `stream`.
 pub(crate) async fn stream_len(stream: &Stream) -> u64 {
     let mut stream = stream.clone();

@@ -7,7 +7,7 @@ use diesel_async::RunQueryDsl;
 use jetstream_bridge_outbox::NewEvent;
 use serde_json::json;
 
-use crate::{stream_ids, wait_stats, Env};
+use crate::{eventually, small_stream, stream_ids, wait_stats, Env, WAIT};
 
 #[derive(QueryableByName)]
 struct Attempts {
@@ -23,8 +23,9 @@ struct Attempts {
 async fn per_key_order_holds_under_retries_with_two_relays() {
     let env = Env::new().await;
     let mut conn = env.db.conn().await;
-    // Key A goes to a subject no stream captures yet: its head fails and retries.
-    let late_subject = env.t.subject("late.events");
+    // Key A's events are too large for their stream (JetStream error 10054, counted against
+    // the row): its head fails and retries until the stream's limit is raised.
+    let (small, late_subject) = small_stream(&env).await;
     let mut a_ids = Vec::new();
     let mut b_ids = Vec::new();
     for i in 0..4 {
@@ -32,8 +33,11 @@ async fn per_key_order_holds_under_retries_with_two_relays() {
             env.outbox
                 .enqueue(
                     &mut conn,
-                    NewEvent::new("user.updated", json!({"id": "a", "n": i}))
-                        .subject(late_subject.as_str()),
+                    NewEvent::new(
+                        "user.updated",
+                        json!({"id": "a", "n": i, "blob": "x".repeat(2048)}),
+                    )
+                    .subject(late_subject.as_str()),
                 )
                 .await
                 .unwrap()
@@ -69,10 +73,11 @@ async fn per_key_order_holds_under_retries_with_two_relays() {
     assert!(attempts[0].attempts >= 2);
     assert!(attempts[1..].iter().all(|a| a.attempts == 0));
 
-    // Now a stream captures key A's subject.
-    let mut late = env.t.stream_config("late");
-    late.subjects = vec![env.t.subject("late.>")];
-    let late_stream: Stream = env.t.create_stream(late).await;
+    // Now key A's stream takes messages that large.
+    let mut config = small.cached_info().config.clone();
+    config.max_message_size = 1024 * 1024;
+    env.js().update_stream(config).await.unwrap();
+    let late_stream: Stream = small;
     wait_stats(&refs, |s| s.sent >= 8).await;
     for h in relays {
         h.shutdown().await.unwrap();
@@ -80,5 +85,90 @@ async fn per_key_order_holds_under_retries_with_two_relays() {
     assert_eq!(stream_ids(&late_stream, 4).await, a_ids);
     assert_eq!(stream_ids(&env.stream, 4).await, b_ids);
     drop(conn);
+    env.teardown().await;
+}
+
+#[derive(QueryableByName)]
+struct Waiting {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+/// Transactions of this test database waiting for an advisory lock.
+async fn advisory_waiters(env: &Env) -> i64 {
+    let mut conn = env.db.conn().await;
+    let row: Waiting = diesel::sql_query(
+        "SELECT count(*) AS n FROM pg_locks l JOIN pg_database d ON d.oid = l.database \
+         WHERE l.locktype = 'advisory' AND NOT l.granted AND d.datname = current_database()",
+    )
+    .get_result(&mut conn)
+    .await
+    .unwrap();
+    row.n
+}
+
+/// `Outbox::ordered(true)`: a transaction enqueueing a key another open transaction already
+/// enqueued waits for it, so a later id can never commit (and be published) before an
+/// earlier id of the same key. A different key does not wait.
+#[tokio::test(flavor = "multi_thread")]
+async fn ordered_enqueue_serializes_same_key_commits() {
+    let env = Env::new().await;
+    let outbox = env.outbox.clone().ordered(true);
+    let event = |n: u32, key: &str| {
+        NewEvent::new("user.updated", json!({"id": "k", "n": n})).ordering_key(key)
+    };
+    let mut first = env.db.conn().await;
+    diesel::sql_query("BEGIN")
+        .execute(&mut first)
+        .await
+        .unwrap();
+    let first_id = outbox
+        .enqueue(&mut first, event(1, "user:k"))
+        .await
+        .unwrap();
+
+    // Another key goes through at once, even while the first transaction is open.
+    let mut other = env.db.conn().await;
+    tokio::time::timeout(WAIT, outbox.enqueue(&mut other, event(9, "user:other")))
+        .await
+        .expect("a different key must not wait")
+        .unwrap();
+
+    // The same key, enqueued and committed in a second transaction, has to wait.
+    let second = tokio::spawn({
+        let outbox = outbox.clone();
+        let mut conn = env.db.conn().await;
+        async move {
+            diesel::sql_query("BEGIN").execute(&mut conn).await.unwrap();
+            let id = outbox.enqueue(&mut conn, event(2, "user:k")).await.unwrap();
+            diesel::sql_query("COMMIT")
+                .execute(&mut conn)
+                .await
+                .unwrap();
+            id
+        }
+    });
+    eventually(WAIT, || async {
+        let n = advisory_waiters(&env).await;
+        (n == 1 || second.is_finished()).then_some(()).ok_or(n)
+    })
+    .await;
+    assert!(
+        !second.is_finished(),
+        "the second transaction committed while the first still held the key"
+    );
+    diesel::sql_query("COMMIT")
+        .execute(&mut first)
+        .await
+        .unwrap();
+    let second_id = tokio::time::timeout(WAIT, second).await.unwrap().unwrap();
+
+    let relay = env.relay().ordered(true).build().spawn();
+    wait_stats(&[&relay], |s| s.sent >= 3).await;
+    relay.shutdown().await.unwrap();
+    let ids = stream_ids(&env.stream, 3).await;
+    let position = |id: &str| ids.iter().position(|x| x == id).unwrap();
+    assert!(position(first_id.as_str()) < position(second_id.as_str()));
+    drop((first, other));
     env.teardown().await;
 }

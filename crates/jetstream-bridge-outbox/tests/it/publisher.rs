@@ -68,3 +68,31 @@ async fn publish_batch_reports_per_event_results() {
     assert_eq!(stream_len(&env.stream).await, 10);
     env.teardown().await;
 }
+
+/// Transient failures of a batch are retried together, pipelined: 40 events to a subject no
+/// stream captures take about two back-offs in all, not two per event (serial retries would
+/// need at least 40 × 2 × 100 ms).
+#[tokio::test(flavor = "multi_thread")]
+async fn batch_retries_are_pipelined() {
+    let env = Env::new().await;
+    let publisher = Publisher::new(&env.config, env.js())
+        .retry_attempts(3)
+        .retry_backoff(Duration::from_millis(200), Duration::from_millis(200));
+    let nowhere = env.t.subject("nowhere");
+    let started = std::time::Instant::now();
+    let results =
+        publisher
+            .publish_batch((0..40).map(|i| {
+                NewEvent::new("user.created", json!({ "id": i })).subject(nowhere.as_str())
+            }))
+            .await;
+    let took = started.elapsed();
+    assert_eq!(results.len(), 40);
+    for r in &results {
+        let err = r.as_ref().unwrap_err();
+        assert_eq!(err.kind(), OutboxErrorKind::NoStream);
+        assert!(err.is_transient());
+    }
+    assert!(took < Duration::from_secs(4), "took {took:?}");
+    env.teardown().await;
+}

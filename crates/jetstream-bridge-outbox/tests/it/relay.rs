@@ -4,15 +4,18 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
-use diesel::sql_types::{Integer, Nullable, Text};
+use diesel::sql_types::{BigInt, Integer, Nullable, Text};
 use diesel::QueryableByName;
 use diesel_async::RunQueryDsl;
 use jetstream_bridge_config::{Envelope, MSG_ID_HEADER};
-use jetstream_bridge_outbox::NewEvent;
+use jetstream_bridge_outbox::{NewEvent, OutboxErrorKind};
 use jetstream_bridge_testkit::eventually;
 use serde_json::json;
 
-use crate::{all_event_ids, status_counts, stream_ids, stream_len, wait_sent, wait_stats, Env};
+use crate::{
+    all_event_ids, oversized_for_small_stream, small_stream, status_counts, stream_ids, stream_len,
+    wait_sent, wait_stats, Env,
+};
 
 /// A committed row is published at once through NOTIFY, not after the poll interval.
 #[tokio::test(flavor = "multi_thread")]
@@ -196,18 +199,19 @@ struct Poison {
     last_error: Option<String>,
 }
 
-/// A row no stream captures backs off, is quarantined after `max_attempts`, and never holds
-/// up the others.
+/// A row JetStream refuses for itself (larger than its stream's `max_message_size`, error
+/// 10054) backs off, is quarantined after `max_attempts`, and never holds up the others.
 #[tokio::test(flavor = "multi_thread")]
 async fn poison_row_is_quarantined_while_the_rest_flow() {
     let env = Env::new().await;
+    let (small, small_subject) = small_stream(&env).await;
     let mut conn = env.db.conn().await;
     let poison = env
         .outbox
         .enqueue(
             &mut conn,
-            NewEvent::new("user.created", json!({"id": "p"}))
-                .subject(env.t.subject("nowhere.at.all")),
+            NewEvent::new("user.created", oversized_for_small_stream())
+                .subject(small_subject.as_str()),
         )
         .await
         .unwrap();
@@ -232,8 +236,184 @@ async fn poison_row_is_quarantined_while_the_rest_flow() {
     .unwrap();
     assert_eq!(row.status, "failed");
     assert_eq!(row.attempts, 3);
-    assert!(row.last_error.is_some_and(|e| !e.is_empty()));
+    let last_error = row.last_error.unwrap_or_default();
+    assert!(last_error.contains("10054"), "{last_error}");
     assert_eq!(stream_len(&env.stream).await, 50);
+    assert_eq!(stream_len(&small).await, 0);
+    drop(conn);
+    env.teardown().await;
+}
+
+#[derive(QueryableByName)]
+struct Attempts {
+    #[diesel(sql_type = Text)]
+    status: String,
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+    #[diesel(sql_type = BigInt)]
+    max_attempts: i64,
+}
+
+/// Rows enqueued before any stream captures their subject ("no responders") are an outage,
+/// not a poison: they stay pending with `attempts = 0` however often they are tried (and do
+/// not slow rows of other subjects down), and flow as soon as the stream is created.
+#[tokio::test(flavor = "multi_thread")]
+async fn rows_wait_uncharged_for_a_missing_stream_and_flow_once_it_exists() {
+    let env = Env::new().await;
+    let late_subject = env.t.subject("late.events");
+    let mut conn = env.db.conn().await;
+    let late_ids = env
+        .outbox
+        .enqueue_batch(
+            &mut conn,
+            (0..20).map(|i| {
+                NewEvent::new("user.created", json!({ "id": i })).subject(late_subject.as_str())
+            }),
+        )
+        .await
+        .unwrap();
+    env.outbox
+        .enqueue_batch(
+            &mut conn,
+            (0..30).map(|i| NewEvent::new("user.created", json!({ "id": i }))),
+        )
+        .await
+        .unwrap();
+    // max_attempts 1: a single charged attempt would quarantine a row.
+    let relay = env.relay().max_attempts(1).batch_size(10).build().spawn();
+    let stats = wait_stats(&[&relay], |s| s.sent >= 30 && s.outages >= 3).await;
+    assert_eq!(stats.sent, 30, "the other subject's rows flow meanwhile");
+    assert_eq!(stats.failed_attempts, 0);
+    assert_eq!(stats.quarantined, 0);
+    let unsent: Vec<Attempts> = diesel::sql_query(
+        "SELECT status, count(*) AS n, max(attempts)::bigint AS max_attempts \
+         FROM jetstream_outbox_events WHERE subject = $1 GROUP BY status",
+    )
+    .bind::<Text, _>(late_subject.as_str())
+    .load(&mut conn)
+    .await
+    .unwrap();
+    assert!(
+        unsent
+            .iter()
+            .all(|r| (r.status == "pending" || r.status == "publishing") && r.max_attempts == 0),
+        "{:?}",
+        unsent
+            .iter()
+            .map(|r| (&r.status, r.n, r.max_attempts))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(unsent.iter().map(|r| r.n).sum::<i64>(), 20);
+
+    let mut late = env.t.stream_config("late");
+    late.subjects = vec![env.t.subject("late.>")];
+    let late_stream = env.t.create_stream(late).await;
+    let stats = wait_sent(&[&relay], 50).await;
+    relay.shutdown().await.unwrap();
+    assert_eq!(stats.failed_attempts, 0);
+    assert_eq!(stats.quarantined, 0);
+    assert_eq!(status_counts(&env.db).await, vec![("sent".into(), 50)]);
+    let stored: HashSet<String> = stream_ids(&late_stream, 20).await.into_iter().collect();
+    let expected: HashSet<String> = late_ids.iter().map(ToString::to_string).collect();
+    assert_eq!(stored, expected);
+    drop(conn);
+    env.teardown().await;
+}
+
+#[derive(QueryableByName)]
+struct Listening {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+/// Backends of the test database whose last statement was the relay's `LISTEN`.
+async fn listen_connections(env: &Env) -> i64 {
+    let mut conn = env.db.conn().await;
+    let row: Listening = diesel::sql_query(
+        "SELECT count(*) AS n FROM pg_stat_activity \
+         WHERE datname = current_database() AND query LIKE 'LISTEN %'",
+    )
+    .get_result(&mut conn)
+    .await
+    .unwrap();
+    row.n
+}
+
+/// An aborted relay (and a dropped `run_until` future) closes its `LISTEN` connection: the
+/// listener task is tied to the relay by a drop guard.
+#[tokio::test(flavor = "multi_thread")]
+async fn abort_and_drop_release_the_listen_connection() {
+    let env = Env::new().await;
+    let relay = env.relay().build().spawn();
+    wait_stats(&[&relay], |s| s.listening).await;
+    assert_eq!(listen_connections(&env).await, 1);
+    relay.abort();
+    eventually(crate::WAIT, || async {
+        let n = listen_connections(&env).await;
+        (n == 0).then_some(()).ok_or(n)
+    })
+    .await;
+
+    let run = tokio::spawn(env.relay().build().run_until(std::future::pending::<()>()));
+    eventually(crate::WAIT, || async {
+        let n = listen_connections(&env).await;
+        (n == 1).then_some(()).ok_or(n)
+    })
+    .await;
+    run.abort();
+    assert!(run.await.unwrap_err().is_cancelled());
+    eventually(crate::WAIT, || async {
+        let n = listen_connections(&env).await;
+        (n == 0).then_some(()).ok_or(n)
+    })
+    .await;
+    env.teardown().await;
+}
+
+/// Out-of-range settings are a typed error from `try_build`, listing every problem; `build`
+/// clamps them to the nearest valid value.
+#[tokio::test(flavor = "multi_thread")]
+async fn invalid_settings_are_a_typed_error() {
+    let env = Env::new().await;
+    let err = env
+        .relay()
+        .batch_size(0)
+        .max_in_flight(0)
+        .lease(Duration::ZERO)
+        .max_attempts(0)
+        .poll_interval(Duration::ZERO)
+        .retry_backoff(Duration::from_secs(2), Duration::from_secs(1))
+        .relay_id("")
+        .try_build()
+        .unwrap_err();
+    assert_eq!(err.kind(), OutboxErrorKind::InvalidSettings);
+    assert!(!err.is_transient());
+    let detail = std::error::Error::source(&err).unwrap().to_string();
+    for name in [
+        "batch_size",
+        "max_in_flight",
+        "lease",
+        "max_attempts",
+        "poll_interval",
+        "retry_backoff",
+        "relay_id",
+    ] {
+        assert!(detail.contains(name), "{name} missing from {detail}");
+    }
+    assert!(env.relay().try_build().is_ok());
+    // `build` clamps: a batch size of 0 becomes 1 and the relay still works.
+    let mut conn = env.db.conn().await;
+    env.outbox
+        .enqueue_batch(
+            &mut conn,
+            (0..3).map(|i| NewEvent::new("user.created", json!({ "id": i }))),
+        )
+        .await
+        .unwrap();
+    let relay = env.relay().batch_size(0).max_in_flight(0).build().spawn();
+    let stats = wait_sent(&[&relay], 3).await;
+    relay.shutdown().await.unwrap();
+    assert_eq!(stats.batches, 3, "one row per batch");
     drop(conn);
     env.teardown().await;
 }
