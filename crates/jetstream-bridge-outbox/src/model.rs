@@ -5,8 +5,8 @@ use std::str::FromStr as _;
 
 use async_nats::HeaderMap;
 use jetstream_bridge_config::{
-    validate_literal_subject, Config, Envelope, EnvelopeBuilder, EventId, MSG_ID_HEADER,
-    RUBY_MSG_ID_HEADER, TRACEPARENT_HEADER,
+    validate_literal_subject, Config, Envelope, EnvelopeBuilder, EventId, TraceParent,
+    MSG_ID_HEADER, RUBY_MSG_ID_HEADER, TRACEPARENT_HEADER,
 };
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -125,6 +125,10 @@ impl NewEvent {
     /// `00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01`; ids must not be all zeros.
     /// Checked when the event is enqueued or published
     /// ([`InvalidEvent`](crate::OutboxErrorKind::InvalidEvent)).
+    ///
+    /// Without one, an event enqueued or published while a [`TraceParent`] is
+    /// [current](TraceParent::current) (inside a consumer handler, or your own
+    /// [`TraceParent::scope`]) carries a child of it, captured at enqueue time.
     pub fn traceparent(mut self, traceparent: impl Into<String>) -> Self {
         self.traceparent = Some(traceparent.into());
         self
@@ -160,14 +164,15 @@ impl NewEvent {
             }
             None => defaults.subject.clone(),
         };
-        if let Some(tp) = &self.traceparent {
-            validate_traceparent(tp).map_err(|reason| {
-                fail(OutboxError::with_source(
-                    OutboxErrorKind::InvalidEvent,
-                    format!("invalid traceparent: {reason}"),
-                ))
-            })?;
-        }
+        // The given traceparent, else a child of the task's current one (set by the consumer
+        // runtime while a handler runs), so a trace continues across services.
+        let traceparent =
+            match &self.traceparent {
+                Some(tp) => Some(tp.parse::<TraceParent>().map_err(|e| {
+                    fail(OutboxError::with_source(OutboxErrorKind::InvalidEvent, e))
+                })?),
+                None => TraceParent::current().map(|current| current.child()),
+            };
         let ordering_key = self
             .ordering_key
             .unwrap_or_else(|| format!("{}:{}", envelope.resource_type, envelope.resource_id));
@@ -176,49 +181,10 @@ impl NewEvent {
             subject,
             body,
             envelope,
-            traceparent: self.traceparent,
+            traceparent: traceparent.map(|tp| tp.to_string()),
             ordering_key,
         })
     }
-}
-
-/// Checks a W3C Trace Context `traceparent` (version `00`: exactly
-/// `00-<32 hex>-<16 hex>-<2 hex>`; a later version may append `-…`, version `ff` is invalid).
-/// The reason does not echo the value (it may be attacker-controlled).
-pub(crate) fn validate_traceparent(tp: &str) -> std::result::Result<(), &'static str> {
-    fn lower_hex(s: &str) -> bool {
-        s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-    }
-    if !tp.is_ascii() {
-        return Err("not ASCII");
-    }
-    let bytes = tp.as_bytes();
-    if bytes.len() < 55 {
-        return Err("shorter than 55 characters");
-    }
-    let (version, trace_id, parent_id, flags) = (&tp[0..2], &tp[3..35], &tp[36..52], &tp[53..55]);
-    if bytes[2] != b'-' || bytes[35] != b'-' || bytes[52] != b'-' {
-        return Err("not `version-trace_id-parent_id-flags`");
-    }
-    if !(lower_hex(version) && lower_hex(trace_id) && lower_hex(parent_id) && lower_hex(flags)) {
-        return Err("fields must be lowercase hex");
-    }
-    if version == "ff" {
-        return Err("version ff is invalid");
-    }
-    if version == "00" && bytes.len() != 55 {
-        return Err("version 00 has exactly 4 fields");
-    }
-    if bytes.len() > 55 && bytes[55] != b'-' {
-        return Err("not `version-trace_id-parent_id-flags`");
-    }
-    if trace_id.bytes().all(|b| b == b'0') {
-        return Err("all-zero trace id");
-    }
-    if parent_id.bytes().all(|b| b == b'0') {
-        return Err("all-zero parent id");
-    }
-    Ok(())
 }
 
 /// Whether a JSON value holds a NUL character (`\u0000`) in any string or key: PostgreSQL's
@@ -414,11 +380,9 @@ mod tests {
     #[test]
     fn traceparent_must_be_w3c() {
         let ok = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        assert_eq!(validate_traceparent(ok), Ok(()));
-        assert_eq!(
-            validate_traceparent(&format!("01{}-extra", &ok[2..])),
-            Ok(())
-        );
+        let valid = |tp: &str| tp.parse::<TraceParent>().is_ok();
+        assert!(valid(ok));
+        assert!(valid(&format!("01{}-extra", &ok[2..])));
         for bad in [
             "",
             "tp",
@@ -433,7 +397,7 @@ mod tests {
             "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01x",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0\u{e9}",
         ] {
-            assert!(validate_traceparent(bad).is_err(), "{bad:?}");
+            assert!(!valid(bad), "{bad:?}");
         }
         let err = NewEvent::new("x.y", json!({}))
             .traceparent("00-00000000000000000000000000000000-00f067aa0ba902b7-01")

@@ -248,7 +248,16 @@ impl Publisher {
             .await
     }
 
-    #[tracing::instrument(name = "outbox_publish", skip_all, fields(event_id = %p.event_id, subject = %p.subject))]
+    #[tracing::instrument(
+        name = "outbox_publish",
+        skip_all,
+        fields(
+            event_id = %p.event_id,
+            subject = %p.subject,
+            // The W3C trace id (characters 3..35 of a normalised traceparent).
+            trace_id = p.traceparent.as_deref().and_then(|tp| tp.get(3..35)),
+        )
+    )]
     async fn publish_prepared(&self, p: &Prepared) -> Result<Published> {
         let mut attempt = 1;
         loop {

@@ -447,3 +447,76 @@ async fn database_errors_are_classified() {
     drop((conn, admin));
     env.teardown().await;
 }
+
+/// Trace context captured at enqueue time: inside a `TraceParent::scope` (what the consumer
+/// runtime sets while a handler runs) an event without its own traceparent carries a child of
+/// the current one — same trace id, new parent id — through the relay to the stream; an
+/// explicit traceparent wins; outside any scope no header is invented.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_current_trace_is_captured_at_enqueue_and_relayed() {
+    use async_nats::jetstream::consumer::pull::OrderedConfig;
+    use futures_util::StreamExt as _;
+    use jetstream_bridge_config::TraceParent;
+
+    let env = Env::new().await;
+    let current: TraceParent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        .parse()
+        .unwrap();
+    let explicit = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let mut conn = env.db.conn().await;
+    let outbox = env.outbox.clone();
+    current
+        .scope(async {
+            outbox
+                .enqueue(&mut conn, NewEvent::new("user.created", json!({"id": 1})))
+                .await
+                .unwrap();
+            outbox
+                .enqueue(
+                    &mut conn,
+                    NewEvent::new("user.created", json!({"id": 2})).traceparent(explicit),
+                )
+                .await
+                .unwrap();
+        })
+        .await;
+    outbox
+        .enqueue(&mut conn, NewEvent::new("user.created", json!({"id": 3})))
+        .await
+        .unwrap();
+    drop(conn);
+
+    let relay = env.relay().build().spawn();
+    wait_sent(&[&relay], 3).await;
+    relay.shutdown().await.unwrap();
+
+    let consumer = env
+        .stream
+        .create_consumer(OrderedConfig::default())
+        .await
+        .unwrap();
+    let mut messages = consumer.messages().await.unwrap().take(3);
+    let mut seen = Vec::new();
+    while let Some(message) = tokio::time::timeout(crate::WAIT, messages.next())
+        .await
+        .expect("stream messages")
+    {
+        let message = message.unwrap();
+        let envelope = Envelope::from_slice(&message.payload).unwrap();
+        let tp = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("traceparent"))
+            .map(|v| v.as_str().parse::<TraceParent>().unwrap());
+        seen.push((envelope.resource_id, tp));
+    }
+    assert_eq!(seen.len(), 3);
+    seen.sort_by(|a, b| a.0.cmp(&b.0)); // resource ids "1", "2", "3"
+    let (_, captured) = &seen[0];
+    let captured = captured.expect("traceparent captured from the scope");
+    assert_eq!(captured.trace_id(), current.trace_id());
+    assert_ne!(captured.parent_id(), current.parent_id());
+    assert_eq!(seen[1].1.map(|tp| tp.to_string()).as_deref(), Some(explicit));
+    assert_eq!(seen[2].1, None);
+    env.teardown().await;
+}
