@@ -40,7 +40,8 @@ pub struct Metadata {
     pub deliveries: u32,
     /// When the server stored the message.
     pub published: Option<Timestamp>,
-    /// The message headers in wire order of names as received, `(name, value)`.
+    /// The message headers, `(name, value)`, one pair per value. The order of names is not
+    /// the wire order: async-nats parses headers into a hash map.
     pub headers: Vec<(String, String)>,
 }
 
@@ -106,10 +107,20 @@ pub trait Handler: Send + Sync + 'static {
 /// one ack per message. Register it with
 /// [`ConsumerBuilder::batch_handler`](crate::ConsumerBuilder::batch_handler).
 ///
-/// When a batch fails (any error, or a panic), its transaction rolls back and its events are
-/// processed again **one by one** (each as a one-event batch), so one poison event is retried
-/// or dead-lettered alone and its batch mates commit. Middleware wraps only these one-by-one
-/// calls, not the batch call.
+/// Per pull request the runtime runs: `BEGIN`; one multi-row inbox claim
+/// ([`Inbox::record_processed_batch`](jetstream_bridge_inbox::Inbox::record_processed_batch))
+/// that tells new events from duplicates (already processed, or a second copy in the same
+/// pull); `handle_batch` with the new ones; `COMMIT`; then every message of the batch is
+/// acked (duplicates too). Write the effects with as few statements as possible (one
+/// multi-row `INSERT … SELECT FROM unnest($1)` rather than one per event): the round trips
+/// of the handler are what limits the throughput.
+///
+/// When a batch fails (any error, a panic, the `handler_timeout`, a database error), its
+/// transaction rolls back **as a whole** and its events are processed again **one by one**
+/// (each as a one-event batch, in its own transaction, through the middleware), so one poison
+/// event is retried or dead-lettered alone and its batch mates commit and are acked. The
+/// handler therefore sees an event at most twice per delivery (in the batch, then alone) and
+/// must not have effects outside `conn`. Middleware wraps only these one-by-one calls.
 ///
 /// # Examples
 ///

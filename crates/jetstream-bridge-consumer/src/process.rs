@@ -5,6 +5,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_nats::jetstream::{AckKind, Message};
+use diesel_async::pooled_connection::deadpool::{Object, Pool};
 use diesel_async::{AsyncConnection, AsyncPgConnection};
 use futures_util::FutureExt;
 use jetstream_bridge_config::{resolve_event_id, DlqReason, Envelope, Timestamp};
@@ -15,12 +16,6 @@ use crate::dlq::DeadLetter;
 use crate::handler::{backoff_for, Event, Handler, HandlerAction, HandlerError, Metadata};
 use crate::middleware::Next;
 use crate::runtime::Shared;
-
-/// How an attempt ended without error.
-enum Done {
-    Processed,
-    Duplicate,
-}
 
 /// Errors of the inbox transaction.
 enum TxError {
@@ -110,11 +105,16 @@ impl<H: Handler> Shared<H> {
     }
 
     async fn process_in_span(&self, message: &Message, meta: Metadata, span: tracing::Span) {
-        let envelope = match Envelope::from_message(meta.headers.iter().cloned(), &message.payload)
-        {
+        let envelope = match Envelope::from_message(
+            meta.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            &message.payload,
+        ) {
             Ok(envelope) => envelope,
             Err(e) => {
-                let event_id = resolve_event_id(meta.headers.iter().cloned(), None);
+                let event_id = resolve_event_id(
+                    meta.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+                    None,
+                );
                 if let Some(id) = &event_id {
                     span.record("event_id", id.as_str());
                 }
@@ -137,99 +137,107 @@ impl<H: Handler> Shared<H> {
             metadata: meta,
         };
         let outcome = self.with_progress(&[message], self.attempt(&event)).await;
-        let meta = &event.metadata;
-        let event_id = event.envelope.event_id.as_str();
         match outcome {
-            Ok(done) => {
-                if let Err(e) = message.ack_with(AckKind::Ack).await {
-                    warn!(error = %e, "ack failed; the message will be redelivered and deduplicated");
-                }
-                self.stats.send_modify(|s| match done {
-                    Done::Processed => s.processed += 1,
-                    Done::Duplicate => s.duplicates += 1,
-                });
+            Ok(recorded) => {
+                self.ack_all(&[message], &[recorded]).await;
                 debug!("acked");
             }
-            Err(e) => {
-                if self.pool.is_some() && self.use_inbox {
-                    self.record_failure(&event, &e).await;
-                }
-                let max_deliver = self.max_deliver.load(Ordering::Relaxed);
-                let reason = match e.action() {
-                    HandlerAction::Permanent => Some(DlqReason::Unrecoverable),
-                    _ if meta.deliveries >= max_deliver => Some(DlqReason::MaxDeliverExceeded),
-                    _ => None,
+            Err(e) => self.failed(message, &event, &e).await,
+        }
+    }
+
+    /// A failed attempt of one message: record it in the inbox, then NAK with the delay for
+    /// this delivery, or dead-letter (permanent error, or delivery `max_deliver`).
+    async fn failed(&self, message: &Message, event: &Event, e: &HandlerError) {
+        if self.inbox_pool().is_some() {
+            self.record_failure(event, e).await;
+        }
+        let meta = &event.metadata;
+        let max_deliver = self.max_deliver.load(Ordering::Relaxed);
+        let reason = match e.action() {
+            HandlerAction::Permanent => Some(DlqReason::Unrecoverable),
+            _ if meta.deliveries >= max_deliver => Some(DlqReason::MaxDeliverExceeded),
+            _ => None,
+        };
+        match reason {
+            Some(reason) => {
+                warn!(error = %e, %reason, "handler failed, dead-lettering");
+                self.dead_letter(
+                    message,
+                    meta,
+                    Some(event.envelope.event_id.as_str()),
+                    reason,
+                    e.class(),
+                    e.to_string(),
+                )
+                .await;
+            }
+            None => {
+                let delay = match e.action() {
+                    HandlerAction::RetryAfter(d) => d,
+                    _ => backoff_for(&self.backoff, meta.deliveries),
                 };
-                match reason {
-                    Some(reason) => {
-                        warn!(error = %e, %reason, "handler failed, dead-lettering");
-                        self.dead_letter(
-                            message,
-                            meta,
-                            Some(event_id),
-                            reason,
-                            e.class(),
-                            e.to_string(),
-                        )
-                        .await;
-                    }
-                    None => {
-                        let delay = match e.action() {
-                            HandlerAction::RetryAfter(d) => d,
-                            _ => backoff_for(&self.backoff, meta.deliveries),
-                        };
-                        warn!(error = %e, delay = ?delay, "handler failed, retrying");
-                        self.nak(message, delay).await;
-                        self.stats.send_modify(|s| s.retried += 1);
-                    }
-                }
+                warn!(error = %e, delay = ?delay, "handler failed, retrying");
+                self.nak(message, delay).await;
+                self.stats.send_modify(|s| s.retried += 1);
             }
         }
     }
 
-    /// Batch mode: the well-formed events of one pull request go to the batch handler in one
-    /// inbox transaction; malformed ones are dead-lettered one by one; a failed batch is
-    /// processed again message by message.
+    /// Acks `messages` (after their commit) and counts them as processed or duplicates.
+    async fn ack_all(&self, messages: &[&Message], recorded: &[Recorded]) {
+        for message in messages {
+            if let Err(e) = message.ack_with(AckKind::Ack).await {
+                warn!(error = %e, "ack failed; the message will be redelivered and deduplicated");
+            }
+        }
+        let duplicates = recorded
+            .iter()
+            .filter(|r| **r == Recorded::Duplicate)
+            .count() as u64;
+        let processed = recorded.len() as u64 - duplicates;
+        self.stats.send_modify(|s| {
+            s.processed += processed;
+            s.duplicates += duplicates;
+        });
+    }
+
+    /// Batch mode: the well-formed events of one pull request in **one** inbox transaction:
+    /// one multi-row claim (`Inbox::record_processed_batch`), the batch handler on the new
+    /// events, commit, then every message acked. Malformed bodies are dead-lettered one by one
+    /// first. When the batch fails (handler error, panic, timeout, database error) it rolls
+    /// back as a whole and its messages are processed again one by one (`process`), so only
+    /// the failing ones are retried or dead-lettered and the others commit.
     pub(crate) async fn process_batch(&self, messages: &[Message]) {
-        let mut parsed: Vec<(&Message, Event)> = Vec::with_capacity(messages.len());
+        let mut refs: Vec<&Message> = Vec::with_capacity(messages.len());
+        let mut events: Vec<Event> = Vec::with_capacity(messages.len());
         for message in messages {
             let meta = metadata(message);
-            match Envelope::from_message(meta.headers.iter().cloned(), &message.payload) {
-                Ok(envelope) => parsed.push((
-                    message,
-                    Event {
+            match Envelope::from_message(
+                meta.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+                &message.payload,
+            ) {
+                Ok(envelope) => {
+                    refs.push(message);
+                    events.push(Event {
                         envelope,
                         metadata: meta,
-                    },
-                )),
-                // The single-message path dead-letters it (malformed_json).
+                    });
+                }
+                // The single-message path dead-letters it (malformed_json), no inbox row.
                 Err(_) => self.process(message).await,
             }
         }
-        if parsed.is_empty() {
+        if events.is_empty() {
             return;
         }
-        let refs: Vec<&Message> = parsed.iter().map(|(m, _)| *m).collect();
-        let events: Vec<Event> = parsed.iter().map(|(_, e)| e.clone()).collect();
         let span = tracing::info_span!("jetstream_bridge.handle_batch", events = events.len());
         let outcome = self
             .with_progress(&refs, self.attempt_batch(&events))
             .instrument(span)
             .await;
         match outcome {
-            Ok(duplicate) => {
-                for message in &refs {
-                    if let Err(e) = message.ack_with(AckKind::Ack).await {
-                        warn!(error = %e, "ack failed; the message will be redelivered and deduplicated");
-                    }
-                }
-                let dups = duplicate.iter().filter(|d| **d).count() as u64;
-                let done = duplicate.len() as u64 - dups;
-                self.stats.send_modify(|s| {
-                    s.processed += done;
-                    s.duplicates += dups;
-                });
-            }
+            Ok(recorded) => self.ack_all(&refs, &recorded).await,
             Err(e) => {
                 warn!(error = %e, events = refs.len(), "batch failed; processing its events one by one");
                 for message in refs {
@@ -239,65 +247,44 @@ impl<H: Handler> Shared<H> {
         }
     }
 
-    /// One batch attempt; `Ok` holds, per event, whether it was a duplicate.
-    async fn attempt_batch(&self, events: &[Event]) -> Result<Vec<bool>, HandlerError> {
-        let work = async {
-            match (&self.pool, self.use_inbox) {
-                (Some(pool), true) => {
-                    let mut conn = pool
-                        .get()
-                        .await
-                        .map_err(|e| HandlerError::retry(e.to_string()).with_class("PoolError"))?;
-                    // Claim in event-id order (fewer lock-order deadlocks between instances);
-                    // hand the fresh events to the handler in stream order.
-                    let mut order: Vec<usize> = (0..events.len()).collect();
-                    order.sort_by(|a, b| {
-                        events[*a]
-                            .envelope
-                            .event_id
-                            .as_str()
-                            .cmp(events[*b].envelope.event_id.as_str())
-                    });
-                    let out = conn
-                        .transaction::<Vec<bool>, TxError, _>(async |conn| {
-                            let mut duplicate = vec![false; events.len()];
-                            for &i in &order {
-                                let entry = inbox_entry(&events[i]);
-                                duplicate[i] = self.inbox.record_processed(conn, &entry).await?
-                                    == Recorded::Duplicate;
-                            }
-                            let fresh: Vec<Event> = events
-                                .iter()
-                                .zip(&duplicate)
-                                .filter(|(_, d)| !**d)
-                                .map(|(e, _)| e.clone())
-                                .collect();
-                            if !fresh.is_empty() {
-                                self.call_batch(&fresh, Some(conn))
-                                    .await
-                                    .map_err(TxError::Handler)?;
-                            }
-                            Ok(duplicate)
-                        })
-                        .await?;
-                    Ok(out)
-                }
-                _ => {
-                    self.call_batch(events, None).await?;
-                    Ok(vec![false; events.len()])
-                }
-            }
-        };
-        match self.handler_timeout {
-            Some(limit) => match tokio::time::timeout(limit, work).await {
-                Ok(out) => out,
-                Err(_) => Err(HandlerError::retry(format!(
-                    "batch handler did not finish within {limit:?}"
-                ))
-                .with_class("Timeout")),
-            },
-            None => work.await,
-        }
+    /// One batch attempt; `Ok` holds, per event, whether it was new or a duplicate.
+    async fn attempt_batch(&self, events: &[Event]) -> Result<Vec<Recorded>, HandlerError> {
+        self.limited("batch handler", async {
+            let Some(pool) = self.inbox_pool() else {
+                self.call_batch(events, None).await?;
+                return Ok(vec![Recorded::New; events.len()]);
+            };
+            // Built before the transaction opens: no lock is held during this CPU work.
+            let entries: Vec<InboxEntry> = events.iter().map(inbox_entry).collect();
+            let mut guard = TxConn::checkout(pool).await?;
+            let recorded = guard
+                .conn()?
+                .transaction::<Vec<Recorded>, TxError, _>(async |conn| {
+                    let recorded = self.inbox.record_processed_batch(conn, &entries).await?;
+                    if recorded.iter().all(|r| *r == Recorded::New) {
+                        self.call_batch(events, Some(conn))
+                            .await
+                            .map_err(TxError::Handler)?;
+                    } else {
+                        let fresh: Vec<Event> = events
+                            .iter()
+                            .zip(&recorded)
+                            .filter(|(_, r)| **r == Recorded::New)
+                            .map(|(e, _)| e.clone())
+                            .collect();
+                        if !fresh.is_empty() {
+                            self.call_batch(&fresh, Some(conn))
+                                .await
+                                .map_err(TxError::Handler)?;
+                        }
+                    }
+                    Ok(recorded)
+                })
+                .await;
+            guard.release();
+            Ok(recorded?)
+        })
+        .await
     }
 
     /// The batch handler, with a panic turned into a retryable error.
@@ -309,14 +296,7 @@ impl<H: Handler> Shared<H> {
         let Some(call) = self.handler.__handle_batch(events, conn) else {
             return Err(HandlerError::permanent("not a batch handler"));
         };
-        match AssertUnwindSafe(call).catch_unwind().await {
-            Ok(result) => result,
-            Err(_) => {
-                self.stats.send_modify(|s| s.panics += 1);
-                error!("batch handler panicked");
-                Err(HandlerError::retry("batch handler panicked").with_class("Panic"))
-            }
-        }
+        self.catch_panic(call, "batch handler").await
     }
 
     /// Runs `work`, sending an in-progress ack for each of `messages` every
@@ -346,28 +326,18 @@ impl<H: Handler> Shared<H> {
         }
     }
 
-    /// One attempt: with the inbox, its transaction around the handler; without, the handler.
-    async fn attempt(&self, event: &Event) -> Result<Done, HandlerError> {
-        let work = async {
-            match (&self.pool, self.use_inbox) {
-                (Some(pool), true) => {
-                    let mut conn = pool
-                        .get()
-                        .await
-                        .map_err(|e| HandlerError::retry(e.to_string()).with_class("PoolError"))?;
-                    self.in_transaction(&mut conn, event).await
-                }
-                _ => self
-                    .call_handler(event, None)
-                    .await
-                    .map(|()| Done::Processed),
-            }
-        };
+    /// `work` under the per-message time limit (`handler_timeout`): a timeout is a
+    /// retryable error of class `Timeout` (dropping `work` rolls its transaction back).
+    async fn limited<T>(
+        &self,
+        what: &str,
+        work: impl std::future::Future<Output = Result<T, HandlerError>>,
+    ) -> Result<T, HandlerError> {
         match self.handler_timeout {
             Some(limit) => match tokio::time::timeout(limit, work).await {
                 Ok(out) => out,
                 Err(_) => Err(HandlerError::retry(format!(
-                    "handler did not finish within {limit:?}"
+                    "{what} did not finish within {limit:?}"
                 ))
                 .with_class("Timeout")),
             },
@@ -375,25 +345,37 @@ impl<H: Handler> Shared<H> {
         }
     }
 
-    async fn in_transaction(
-        &self,
-        conn: &mut AsyncPgConnection,
-        event: &Event,
-    ) -> Result<Done, HandlerError> {
-        let entry = inbox_entry(event);
-        let done = conn
-            .transaction::<Done, TxError, _>(async |conn| {
-                // Written as processed at once: the row commits only with the handler's writes.
-                if self.inbox.record_processed(conn, &entry).await? == Recorded::Duplicate {
-                    return Ok(Done::Duplicate);
-                }
-                self.call_handler(event, Some(conn))
-                    .await
-                    .map_err(TxError::Handler)?;
-                Ok(Done::Processed)
-            })
-            .await?;
-        Ok(done)
+    /// The pool when the inbox is on.
+    fn inbox_pool(&self) -> Option<&Pool<AsyncPgConnection>> {
+        self.pool.as_ref().filter(|_| self.use_inbox)
+    }
+
+    /// One attempt: with the inbox, its transaction around the handler; without, the handler.
+    async fn attempt(&self, event: &Event) -> Result<Recorded, HandlerError> {
+        self.limited("handler", async {
+            let Some(pool) = self.inbox_pool() else {
+                return self.call_handler(event, None).await.map(|()| Recorded::New);
+            };
+            let entry = inbox_entry(event);
+            let mut guard = TxConn::checkout(pool).await?;
+            let recorded = guard
+                .conn()?
+                .transaction::<Recorded, TxError, _>(async |conn| {
+                    // Written as processed at once: the row commits only with the handler's
+                    // writes.
+                    if self.inbox.record_processed(conn, &entry).await? == Recorded::Duplicate {
+                        return Ok(Recorded::Duplicate);
+                    }
+                    self.call_handler(event, Some(conn))
+                        .await
+                        .map_err(TxError::Handler)?;
+                    Ok(Recorded::New)
+                })
+                .await;
+            guard.release();
+            Ok(recorded?)
+        })
+        .await
     }
 
     /// The middleware chain and the handler, with a panic turned into a retryable error.
@@ -403,7 +385,16 @@ impl<H: Handler> Shared<H> {
         conn: Option<&mut AsyncPgConnection>,
     ) -> Result<(), HandlerError> {
         let chain = Next::new(&self.middleware, conn, &self.handler);
-        match AssertUnwindSafe(chain.run(event)).catch_unwind().await {
+        self.catch_panic(chain.run(event), "handler").await
+    }
+
+    /// Awaits `call`, turning a panic into a retryable error of class `Panic` (counted).
+    async fn catch_panic(
+        &self,
+        call: impl std::future::Future<Output = Result<(), HandlerError>>,
+        what: &str,
+    ) -> Result<(), HandlerError> {
+        match AssertUnwindSafe(call).catch_unwind().await {
             Ok(result) => result,
             Err(panic) => {
                 self.stats.send_modify(|s| s.panics += 1);
@@ -411,15 +402,17 @@ impl<H: Handler> Shared<H> {
                     .downcast_ref::<&str>()
                     .map(|s| (*s).to_owned())
                     .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "handler panicked".to_owned());
-                error!(panic = %text, "handler panicked");
-                Err(HandlerError::retry(format!("handler panicked: {text}")).with_class("Panic"))
+                    .unwrap_or_else(|| format!("{what} panicked"));
+                error!(panic = %text, "{what} panicked");
+                Err(HandlerError::retry(format!("{what} panicked: {text}")).with_class("Panic"))
             }
         }
     }
 
     async fn record_failure(&self, event: &Event, error: &HandlerError) {
-        let Some(pool) = &self.pool else { return };
+        let Some(pool) = self.inbox_pool() else {
+            return;
+        };
         let entry = inbox_entry(event);
         let result = match pool.get().await {
             Ok(mut conn) => self
@@ -493,6 +486,43 @@ impl<H: Handler> Shared<H> {
                 self.nak(message, delay).await;
                 self.stats.send_modify(|s| s.dlq_publish_failures += 1);
             }
+        }
+    }
+}
+
+/// A pooled connection for one inbox transaction. Dropped before [`release`](Self::release)
+/// (the attempt was cancelled mid-transaction: handler timeout, shutdown hard stop), it is
+/// taken out of the pool and closed, so PostgreSQL rolls the transaction back at once instead
+/// of an idle-in-transaction connection keeping the inbox rows locked in the pool until its
+/// next checkout.
+struct TxConn(Option<Object<AsyncPgConnection>>);
+
+impl TxConn {
+    /// A connection from `pool`; a pool error is retryable (class `PoolError`).
+    async fn checkout(pool: &Pool<AsyncPgConnection>) -> Result<Self, HandlerError> {
+        pool.get()
+            .await
+            .map(|conn| Self(Some(conn)))
+            .map_err(|e| HandlerError::retry(e.to_string()).with_class("PoolError"))
+    }
+
+    fn conn(&mut self) -> Result<&mut AsyncPgConnection, HandlerError> {
+        match &mut self.0 {
+            Some(conn) => Ok(conn),
+            None => Err(HandlerError::retry("connection already released").with_class("PoolError")),
+        }
+    }
+
+    /// The transaction has ended (committed or rolled back): back to the pool.
+    fn release(mut self) {
+        drop(self.0.take());
+    }
+}
+
+impl Drop for TxConn {
+    fn drop(&mut self) {
+        if let Some(conn) = self.0.take() {
+            drop(Object::take(conn));
         }
     }
 }

@@ -134,8 +134,8 @@ impl<H> ConsumerBuilder<H> {
     }
 
     /// Sets a [`BatchHandler`]: in pull mode each pull request's events go to it together, in
-    /// one inbox transaction (see [`BatchHandler`] for failures). Push mode hands it one event
-    /// at a time.
+    /// one inbox transaction with one multi-row inbox claim and one commit (see
+    /// [`BatchHandler`] for duplicates and failures). Push mode hands it one event at a time.
     pub fn batch_handler<B: BatchHandler>(self, handler: B) -> ConsumerBuilder<Batched<B>> {
         let mut builder = self.handler(Batched(handler));
         builder.batch = true;
@@ -608,6 +608,16 @@ impl<H: Handler> Consumer<H> {
             d.hard_stop.cancel();
             d.tracker.wait().await;
         }
+        // Acks and NAKs are buffered by the client: send them before reporting, so a caller
+        // that exits right after the report does not lose them (they would be redelivered).
+        let client = self.shared.js.client();
+        match tokio::time::timeout(self.shutdown_timeout, client.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                warn!(error = %e, "flushing the final acks failed; unsent ones will be redelivered")
+            }
+            Err(_) => warn!("flushing the final acks timed out; unsent ones will be redelivered"),
+        }
         let stats = *self.shared.stats.borrow();
         let report = ShutdownReport {
             drained: in_flight_at_stop.saturating_sub(abandoned),
@@ -744,80 +754,79 @@ impl<H: Handler> Dispatcher<H> {
         messages: Vec<jetstream::Message>,
         token: &CancellationToken,
     ) -> bool {
+        self.start(Work::Batch(messages), token).await
+    }
+
+    /// Starts `message` on a task once a slot is free; `false` (message released) when the
+    /// token is cancelled while waiting.
+    async fn dispatch(&mut self, message: jetstream::Message, token: &CancellationToken) -> bool {
+        self.start(Work::One(message), token).await
+    }
+
+    /// Waits for a concurrency slot, then runs `work` on a tracked task: a panic NAKs its
+    /// messages, the shutdown hard stop drops it unacked (its transaction rolls back).
+    async fn start(&mut self, work: Work, token: &CancellationToken) -> bool {
         let permit = tokio::select! {
             biased;
             () = token.cancelled() => None,
             permit = self.semaphore.clone().acquire_owned() => permit.ok(),
         };
         let Some(permit) = permit else {
-            for message in &messages {
+            for message in work.messages() {
                 self.release(message).await;
             }
             return false;
         };
-        let n = messages.len() as u64;
+        let n = work.messages().len() as u64;
         self.shared.stats.send_modify(|s| s.in_flight += n);
         let shared = self.shared.clone();
         let hard_stop = self.hard_stop.clone();
         self.tracker.spawn(async move {
             let _permit = permit;
-            let work = AssertUnwindSafe(shared.process_batch(&messages)).catch_unwind();
+            let run = async {
+                match &work {
+                    Work::One(message) => shared.process(message).await,
+                    Work::Batch(messages) => shared.process_batch(messages).await,
+                }
+            };
             tokio::select! {
                 biased;
-                out = work => {
+                out = AssertUnwindSafe(run).catch_unwind() => {
                     if out.is_err() {
-                        error!("batch processing panicked; NAKing its messages");
+                        error!(messages = n, "message processing panicked; NAKing");
                         shared.stats.send_modify(|s| s.panics += 1);
                         let delay = shared.backoff.first().copied().unwrap_or(Duration::from_secs(1));
-                        for message in &messages {
+                        for message in work.messages() {
                             shared.nak(message, delay).await;
                         }
                     }
                 }
                 () = hard_stop.cancelled() => {
-                    warn!(messages = n, "shutdown timeout: batch abandoned without ack");
+                    warn!(messages = n, "shutdown timeout: work abandoned without ack");
                 }
             }
             shared.stats.send_modify(|s| s.in_flight -= n);
         });
         true
     }
+}
 
-    /// Starts `message` on a task once a slot is free; `false` (message released) when the
-    /// token is cancelled while waiting.
-    async fn dispatch(&mut self, message: jetstream::Message, token: &CancellationToken) -> bool {
-        let permit = tokio::select! {
-            biased;
-            () = token.cancelled() => None,
-            permit = self.semaphore.clone().acquire_owned() => permit.ok(),
-        };
-        let Some(permit) = permit else {
-            self.release(&message).await;
-            return false;
-        };
-        self.shared.stats.send_modify(|s| s.in_flight += 1);
-        let shared = self.shared.clone();
-        let hard_stop = self.hard_stop.clone();
-        self.tracker.spawn(async move {
-            let _permit = permit;
-            let work = AssertUnwindSafe(shared.process(&message)).catch_unwind();
-            tokio::select! {
-                biased;
-                out = work => {
-                    if out.is_err() {
-                        error!("message processing panicked; NAKing");
-                        shared.stats.send_modify(|s| s.panics += 1);
-                        let delay = shared.backoff.first().copied().unwrap_or(Duration::from_secs(1));
-                        shared.nak(&message, delay).await;
-                    }
-                }
-                () = hard_stop.cancelled() => {
-                    warn!("shutdown timeout: message abandoned without ack");
-                }
-            }
-            shared.stats.send_modify(|s| s.in_flight -= 1);
-        });
-        true
+/// What one task processes: a message, or the messages of one pull request (batch mode).
+#[allow(
+    clippy::large_enum_variant,
+    reason = "moved once into its task; boxing would add an allocation per message"
+)]
+enum Work {
+    One(jetstream::Message),
+    Batch(Vec<jetstream::Message>),
+}
+
+impl Work {
+    fn messages(&self) -> &[jetstream::Message] {
+        match self {
+            Self::One(message) => std::slice::from_ref(message),
+            Self::Batch(messages) => messages,
+        }
     }
 }
 

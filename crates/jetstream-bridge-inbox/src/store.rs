@@ -1,8 +1,9 @@
 //! [`Inbox`]: record, mark and prune rows of `jetstream_inbox_events`.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
-use diesel::sql_types::{BigInt, Integer, Jsonb, Nullable, Text};
+use diesel::sql_types::{Array, BigInt, Integer, Jsonb, Nullable, Text};
 use diesel::QueryableByName;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use jetstream_bridge_config::Envelope;
@@ -40,7 +41,9 @@ impl InboxEntry {
     /// An entry for `envelope` with no message metadata (set the public fields to add it).
     #[must_use]
     pub fn from_envelope(envelope: &Envelope) -> Self {
-        let payload = serde_json::from_slice(&envelope.to_vec()).unwrap_or(Value::Null);
+        // The same object as the wire body (`Envelope`'s `Serialize` writes the wire fields),
+        // built directly rather than written and parsed again.
+        let payload = serde_json::to_value(envelope).unwrap_or(Value::Null);
         Self {
             event_id: envelope.event_id.as_str().to_owned(),
             event_type: envelope.event_type.clone(),
@@ -210,6 +213,136 @@ impl Inbox {
         entry: &InboxEntry,
     ) -> Result<Recorded> {
         self.upsert(conn, entry, "processed", "now()").await
+    }
+
+    /// [`record_processed`](Self::record_processed) for many entries in **one** statement
+    /// (a multi-row `INSERT … SELECT FROM unnest(…) ON CONFLICT (event_id) DO UPDATE … WHERE
+    /// status <> 'processed' RETURNING event_id`): the result says, per entry and in the
+    /// order given, whether its event is new (now written `processed`, locked by the caller's
+    /// transaction) or a duplicate. Same contract as `record_processed`: use it only inside a
+    /// transaction that commits exactly when the handler's writes for the new entries commit.
+    ///
+    /// An event id given more than once is claimed once: its first entry gets the answer of
+    /// the database, the later ones [`Recorded::Duplicate`]. Rows are claimed in event-id
+    /// order, so two transactions claiming overlapping batches lock in the same order.
+    /// `DO UPDATE … WHERE status <> 'processed'` (not `DO NOTHING`) so that an event whose
+    /// earlier attempt failed (a `failed` row) is claimed again rather than taken for a
+    /// duplicate.
+    ///
+    /// # Errors
+    ///
+    /// As [`record`](Self::record).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`record`](Self::record).
+    pub async fn record_processed_batch(
+        &self,
+        conn: &mut AsyncPgConnection,
+        entries: &[InboxEntry],
+    ) -> Result<Vec<Recorded>> {
+        #[derive(QueryableByName)]
+        struct Claimed {
+            #[diesel(sql_type = Text)]
+            event_id: String,
+        }
+        // The first entry of each event id, in event-id order.
+        let mut first: Vec<usize> = Vec::with_capacity(entries.len());
+        {
+            let mut seen = HashSet::with_capacity(entries.len());
+            for (i, entry) in entries.iter().enumerate() {
+                if seen.insert(entry.event_id.as_str()) {
+                    first.push(i);
+                }
+            }
+        }
+        if first.is_empty() {
+            return Ok(Vec::new());
+        }
+        first.sort_by(|a, b| entries[*a].event_id.cmp(&entries[*b].event_id));
+        let rows = first.iter().map(|i| &entries[*i]);
+        let stream_seqs = rows
+            .clone()
+            .map(InboxEntry::stream_seq_i64)
+            .collect::<Result<Vec<_>>>()?;
+        let claimed: Vec<Claimed> = diesel::sql_query(
+            "INSERT INTO jetstream_inbox_events AS i \
+               (event_id, event_type, resource_type, resource_id, payload, subject, headers, \
+                stream, stream_seq, deliveries, status, processing_attempts, processed_at) \
+             SELECT u.event_id, u.event_type, u.resource_type, u.resource_id, u.payload, \
+               u.subject, u.headers, u.stream, \
+               CASE WHEN EXISTS (SELECT 1 FROM jetstream_inbox_events o \
+                                 WHERE o.stream = u.stream AND o.stream_seq = u.stream_seq \
+                                   AND o.event_id <> u.event_id) \
+                    THEN NULL ELSE u.stream_seq END, \
+               u.deliveries, 'processed', 1, now() \
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[], \
+                         $6::text[], $7::jsonb[], $8::text[], $9::bigint[], $10::integer[]) \
+                  WITH ORDINALITY AS u(event_id, event_type, resource_type, resource_id, \
+                    payload, subject, headers, stream, stream_seq, deliveries, ord) \
+             ORDER BY u.ord \
+             ON CONFLICT (event_id) DO UPDATE SET \
+               status = 'processed', \
+               processing_attempts = i.processing_attempts + 1, \
+               deliveries = EXCLUDED.deliveries, \
+               subject = coalesce(EXCLUDED.subject, i.subject), \
+               headers = EXCLUDED.headers, \
+               processed_at = EXCLUDED.processed_at, \
+               updated_at = now() \
+             WHERE i.status <> 'processed' \
+             RETURNING i.event_id",
+        )
+        .bind::<Array<Text>, _>(
+            rows.clone()
+                .map(|e| e.event_id.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind::<Array<Text>, _>(
+            rows.clone()
+                .map(|e| e.event_type.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind::<Array<Nullable<Text>>, _>(
+            rows.clone()
+                .map(|e| e.resource_type.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind::<Array<Nullable<Text>>, _>(
+            rows.clone()
+                .map(|e| e.resource_id.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind::<Array<Jsonb>, _>(rows.clone().map(|e| &e.payload).collect::<Vec<_>>())
+        .bind::<Array<Nullable<Text>>, _>(
+            rows.clone()
+                .map(|e| e.subject.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind::<Array<Jsonb>, _>(rows.clone().map(|e| &e.headers).collect::<Vec<_>>())
+        .bind::<Array<Nullable<Text>>, _>(
+            rows.clone()
+                .map(|e| e.stream.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind::<Array<Nullable<BigInt>>, _>(stream_seqs)
+        .bind::<Array<Nullable<Integer>>, _>(
+            rows.map(InboxEntry::deliveries_i32).collect::<Vec<_>>(),
+        )
+        .load(conn)
+        .await?;
+        let fresh: HashSet<&str> = claimed.iter().map(|c| c.event_id.as_str()).collect();
+        let mut answered = HashSet::with_capacity(entries.len());
+        Ok(entries
+            .iter()
+            .map(|entry| {
+                let id = entry.event_id.as_str();
+                if answered.insert(id) && fresh.contains(id) {
+                    Recorded::New
+                } else {
+                    Recorded::Duplicate
+                }
+            })
+            .collect())
     }
 
     async fn upsert(
@@ -420,6 +553,8 @@ mod tests {
             .with_headers([("nats-msg-id", "x"), ("nats-msg-id", "y")]);
         assert_eq!(entry.event_id, envelope.event_id.as_str());
         assert_eq!(entry.payload["payload"]["id"], 7);
+        let wire: Value = serde_json::from_slice(&envelope.to_vec()).unwrap();
+        assert_eq!(entry.payload, wire);
         assert_eq!(entry.headers, serde_json::json!({"nats-msg-id": "x"}));
         assert_eq!(entry.stream_seq_i64().unwrap(), Some(42));
         assert_eq!(entry.deliveries_i32(), Some(2));

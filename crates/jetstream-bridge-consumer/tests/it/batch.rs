@@ -1,19 +1,28 @@
 //! Batch mode: one transaction per pull request, fallback to single events on failure.
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use async_nats::HeaderMap;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
-use jetstream_bridge_config::DLQ_REASON_HEADER;
+use jetstream_bridge_config::{DELIVERIES_HEADER, DLQ_REASON_HEADER, MSG_ID_HEADER};
 use jetstream_bridge_consumer::{BatchHandler, Event, HandlerError};
+use jetstream_bridge_testkit::eventually;
+use tokio::sync::Notify;
 
-use crate::{envelope, header, wait, Env};
+use crate::{count, envelope, header, wait, Env, WAIT};
 
 /// Inserts one `effects` row per event; records each call's size; fails the whole batch
-/// (permanently) when it contains the event with payload id `poison`.
+/// (permanently, or retryably with `retry`) when it contains the event with payload id
+/// `poison`; on call number `hang_on` (1-based) it writes its rows, notifies `hung` and never
+/// returns.
 #[derive(Clone, Default)]
 struct Recorder {
     sizes: Arc<Mutex<Vec<usize>>>,
     poison: Option<u64>,
+    retry: bool,
+    hang_on: Option<usize>,
+    hung: Arc<Notify>,
 }
 
 impl BatchHandler for Recorder {
@@ -22,7 +31,11 @@ impl BatchHandler for Recorder {
         events: &[Event],
         conn: Option<&mut AsyncPgConnection>,
     ) -> Result<(), HandlerError> {
-        self.sizes.lock().unwrap().push(events.len());
+        let call = {
+            let mut sizes = self.sizes.lock().unwrap();
+            sizes.push(events.len());
+            sizes.len()
+        };
         let conn = conn.expect("inbox on");
         for event in events {
             diesel::sql_query("INSERT INTO effects (event_id) VALUES ($1)")
@@ -35,8 +48,16 @@ impl BatchHandler for Recorder {
                 .iter()
                 .any(|e| e.envelope.payload["id"].as_u64() == Some(poison))
             {
-                return Err(HandlerError::permanent("poison"));
+                return Err(if self.retry {
+                    HandlerError::retry("poison")
+                } else {
+                    HandlerError::permanent("poison")
+                });
             }
+        }
+        if self.hang_on == Some(call) {
+            self.hung.notify_one();
+            std::future::pending::<()>().await;
         }
         Ok(())
     }
@@ -65,7 +86,7 @@ async fn batch_handler_gets_the_pull_request_in_one_call() {
     handle.shutdown().await.unwrap();
     assert_eq!(*recorder.sizes.lock().unwrap(), [10]);
     assert_eq!(env.effects().await, 10);
-    assert_eq!(env.main_stream_len().await, 0);
+    env.wait_stream_drained().await;
     env.teardown().await;
 }
 
@@ -94,5 +115,328 @@ async fn failing_batch_falls_back_to_single_events() {
     assert_eq!(env.effects().await, 4);
     let dlq = env.dlq_messages(1).await;
     assert_eq!(header(&dlq[0], DLQ_REASON_HEADER), Some("unrecoverable"));
+    env.teardown().await;
+}
+
+/// Publishes `envelope` with the canonical `Nats-Msg-Id` only (the server deduplicates on it).
+async fn publish_canonical(env: &Env, envelope: &jetstream_bridge_config::Envelope) {
+    let mut headers = HeaderMap::new();
+    headers.insert(MSG_ID_HEADER, envelope.event_id.as_str());
+    env.publish_raw(headers, envelope.to_vec()).await;
+}
+
+/// One event stored three times in one pull (canonical `Nats-Msg-Id`, the gem's lowercase
+/// `nats-msg-id` the server does not deduplicate on, and no header: the body's event id) and
+/// once more after the batch committed: the handler sees it once, its effects happen once,
+/// every copy is acked.
+#[tokio::test(flavor = "multi_thread")]
+async fn duplicates_in_and_after_a_batch_have_effects_once() {
+    let env = Env::new(|c| c.batch_size(20)).await;
+    let events: Vec<_> = (0..5).map(envelope).collect();
+    for e in &events {
+        publish_canonical(&env, e).await;
+    }
+    env.publish_gem(&events[0]).await;
+    env.publish_raw(HeaderMap::new(), events[0].to_vec()).await;
+    let recorder = Recorder::default();
+    let handle = env
+        .consumer()
+        .batch_handler(recorder.clone())
+        .build()
+        .unwrap()
+        .spawn();
+    let stats = wait(&handle, |s| s.processed + s.duplicates >= 7).await;
+    assert_eq!((stats.processed, stats.duplicates), (5, 2));
+    // Already processed: acked without a handler call.
+    env.publish_gem(&events[2]).await;
+    let stats = wait(&handle, |s| s.duplicates >= 3).await;
+    assert_eq!(
+        (stats.processed, stats.duplicates, stats.retried),
+        (5, 3, 0)
+    );
+    handle.shutdown().await.unwrap();
+    assert_eq!(*recorder.sizes.lock().unwrap(), [5]);
+    assert_eq!(env.effects().await, 5);
+    assert_eq!(
+        count(&env.db, "SELECT count(DISTINCT event_id) AS n FROM effects").await,
+        5
+    );
+    assert_eq!(
+        count(
+            &env.db,
+            "SELECT count(*) AS n FROM jetstream_inbox_events WHERE status = 'processed'"
+        )
+        .await,
+        5
+    );
+    env.wait_stream_drained().await;
+    env.teardown().await;
+}
+
+/// A retryable failure of one event: its batch rolls back, its mates commit and are acked
+/// one by one, and the failing event is redelivered with backoff until it is dead-lettered
+/// on delivery `max_deliver` (3), its failures recorded in the inbox.
+#[tokio::test(flavor = "multi_thread")]
+async fn failing_event_in_a_batch_is_retried_alone_then_dead_lettered() {
+    let env = Env::new(|c| c.batch_size(20)).await;
+    let events: Vec<_> = (0..5).map(envelope).collect();
+    for e in &events {
+        env.publish_gem(e).await;
+    }
+    let recorder = Recorder {
+        poison: Some(3),
+        retry: true,
+        ..Recorder::default()
+    };
+    let handle = env
+        .consumer()
+        .batch_handler(recorder.clone())
+        .build()
+        .unwrap()
+        .spawn();
+    let stats = wait(&handle, |s| s.dead_lettered >= 1).await;
+    assert_eq!(
+        (stats.processed, stats.retried, stats.dead_lettered),
+        (4, 2, 1)
+    );
+    handle.shutdown().await.unwrap();
+    // The batch of 5, its 5 one-by-one retries, then the redelivered poison event (alone in
+    // its pull, so a batch of one and its one-by-one retry) twice.
+    assert_eq!(
+        *recorder.sizes.lock().unwrap(),
+        [5, 1, 1, 1, 1, 1, 1, 1, 1, 1]
+    );
+    assert_eq!(env.effects().await, 4);
+    assert_eq!(
+        count(&env.db, "SELECT count(DISTINCT event_id) AS n FROM effects").await,
+        4
+    );
+    let dlq = env.dlq_messages(1).await;
+    assert_eq!(
+        header(&dlq[0], DLQ_REASON_HEADER),
+        Some("max_deliver_exceeded")
+    );
+    assert_eq!(header(&dlq[0], DELIVERIES_HEADER), Some("3"));
+    let poison_id = events[3].event_id.as_str();
+    assert_eq!(
+        count(
+            &env.db,
+            &format!(
+                "SELECT count(*) AS n FROM jetstream_inbox_events WHERE event_id = '{poison_id}' \
+                 AND status = 'failed' AND processing_attempts = 3"
+            )
+        )
+        .await,
+        1
+    );
+    env.wait_stream_drained().await;
+    env.teardown().await;
+}
+
+/// A malformed body inside a batch is dead-lettered on its first delivery without an inbox
+/// row; the rest of the batch goes to the handler together.
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_body_in_a_batch_is_dead_lettered_and_the_rest_processed() {
+    let env = Env::new(|c| c.batch_size(20)).await;
+    for n in 0..2 {
+        env.publish_gem(&envelope(n)).await;
+    }
+    let mut headers = HeaderMap::new();
+    headers.insert(MSG_ID_HEADER, "malformed-1");
+    env.publish_raw(headers, b"not json".to_vec()).await;
+    for n in 2..4 {
+        env.publish_gem(&envelope(n)).await;
+    }
+    let recorder = Recorder::default();
+    let handle = env
+        .consumer()
+        .batch_handler(recorder.clone())
+        .build()
+        .unwrap()
+        .spawn();
+    let stats = wait(&handle, |s| s.processed >= 4 && s.dead_lettered >= 1).await;
+    assert_eq!((stats.retried, stats.dead_lettered), (0, 1));
+    handle.shutdown().await.unwrap();
+    assert_eq!(*recorder.sizes.lock().unwrap(), [4]);
+    assert_eq!(env.effects().await, 4);
+    let dlq = env.dlq_messages(1).await;
+    assert_eq!(header(&dlq[0], DLQ_REASON_HEADER), Some("malformed_json"));
+    assert_eq!(header(&dlq[0], DELIVERIES_HEADER), Some("1"));
+    assert_eq!(&dlq[0].payload[..], b"not json");
+    assert_eq!(
+        count(&env.db, "SELECT count(*) AS n FROM jetstream_inbox_events").await,
+        4
+    );
+    assert_eq!(
+        count(
+            &env.db,
+            "SELECT count(*) AS n FROM jetstream_inbox_events WHERE event_id = 'malformed-1'"
+        )
+        .await,
+        0
+    );
+    env.wait_stream_drained().await;
+    env.teardown().await;
+}
+
+/// A batch dropped before its commit (the runtime is stopped past its shutdown timeout while
+/// the handler hangs after writing its rows): nothing of it commits, no transaction is left
+/// open holding inbox locks, and after redelivery every event has its effects exactly once.
+#[tokio::test(flavor = "multi_thread")]
+async fn batch_dropped_before_commit_loses_nothing_and_applies_once() {
+    let env = Env::new(|c| c.batch_size(5).ack_wait("1s")).await;
+    for n in 0..10 {
+        env.publish_gem(&envelope(n)).await;
+    }
+    let recorder = Recorder {
+        hang_on: Some(2),
+        ..Recorder::default()
+    };
+    let handle = env
+        .consumer()
+        .batch_handler(recorder.clone())
+        .shutdown_timeout(Duration::from_millis(300))
+        .build()
+        .unwrap()
+        .spawn();
+    tokio::time::timeout(WAIT, recorder.hung.notified())
+        .await
+        .expect("the second batch reached the handler");
+    let report = handle.shutdown().await.unwrap();
+    assert_eq!(
+        (report.abandoned, report.stats.processed),
+        (5, 5),
+        "{report:?}"
+    );
+    // The dropped transaction's connection was closed, not parked in the pool.
+    // (Checked first, on connections outside the pool: a checkout would recycle a parked
+    // connection.)
+    eventually(WAIT, || async {
+        let mut conn = env.db.conn().await;
+        let open: crate::N = diesel::sql_query(
+            "SELECT count(*) AS n FROM pg_stat_activity WHERE datname = current_database() \
+             AND state LIKE 'idle in transaction%'",
+        )
+        .get_result(&mut conn)
+        .await
+        .unwrap();
+        open.n == 0
+    })
+    .await;
+
+    assert_eq!(
+        env.effects().await,
+        5,
+        "the dropped batch committed nothing"
+    );
+
+    let again = Recorder::default();
+    let rest = env
+        .consumer()
+        .batch_handler(again.clone())
+        .build()
+        .unwrap()
+        .spawn();
+    let stats = wait(&rest, |s| s.processed + s.duplicates >= 5).await;
+    assert_eq!((stats.processed, stats.duplicates), (5, 0));
+    rest.shutdown().await.unwrap();
+    assert_eq!(env.effects().await, 10);
+    assert_eq!(
+        count(&env.db, "SELECT count(DISTINCT event_id) AS n FROM effects").await,
+        10
+    );
+    env.wait_stream_drained().await;
+    env.teardown().await;
+}
+
+/// The bench's batch handler shape, one statement per event (`per_row`), or one multi-row
+/// statement per batch.
+struct Insert {
+    per_row: bool,
+}
+
+impl BatchHandler for Insert {
+    async fn handle_batch(
+        &self,
+        events: &[Event],
+        conn: Option<&mut AsyncPgConnection>,
+    ) -> Result<(), HandlerError> {
+        let conn = conn.ok_or_else(|| HandlerError::permanent("inbox off"))?;
+        if self.per_row {
+            for event in events {
+                diesel::sql_query("INSERT INTO effects (event_id) VALUES ($1)")
+                    .bind::<diesel::sql_types::Text, _>(event.envelope.event_id.as_str())
+                    .execute(conn)
+                    .await?;
+            }
+        } else {
+            let ids: Vec<&str> = events
+                .iter()
+                .map(|e| e.envelope.event_id.as_str())
+                .collect();
+            diesel::sql_query("INSERT INTO effects (event_id) SELECT unnest($1::text[])")
+                .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(ids)
+                .execute(conn)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// Indicative batch-mode throughput on the shared servers (not a pass/fail figure; run with
+/// `cargo test --release -p jetstream-bridge-consumer --test it batch_throughput -- --ignored
+/// --nocapture`). `JB_BENCH_EVENTS` sets the events per run (default 5000).
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "measurement; run explicitly"]
+async fn batch_throughput() {
+    let n: usize = std::env::var("JB_BENCH_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5000);
+    let env = Env::new(|c| c.batch_size(100)).await;
+    for (label, per_row, concurrency) in [
+        ("multi-row handler", false, 1),
+        ("per-row handler (the bench's)", true, 1),
+        ("multi-row handler", false, 1),
+        ("multi-row handler, concurrency 2", false, 2),
+    ] {
+        let subject = env.config.subjects().destination().as_str().to_owned();
+        let mut acks = futures_util::stream::FuturesUnordered::new();
+        for i in 0..n {
+            let e = envelope(i as u64);
+            let mut headers = HeaderMap::new();
+            headers.insert(MSG_ID_HEADER, e.event_id.as_str());
+            acks.push(std::future::IntoFuture::into_future(
+                env.js()
+                    .publish_with_headers(subject.clone(), headers, e.to_vec().into())
+                    .await
+                    .unwrap(),
+            ));
+            if acks.len() >= 1000 {
+                futures_util::StreamExt::next(&mut acks)
+                    .await
+                    .unwrap()
+                    .unwrap();
+            }
+        }
+        while let Some(ack) = futures_util::StreamExt::next(&mut acks).await {
+            ack.unwrap();
+        }
+        let before = env.effects().await;
+        let started = std::time::Instant::now();
+        let handle = env
+            .consumer()
+            .batch_handler(Insert { per_row })
+            .concurrency(concurrency)
+            .fetch_wait(Duration::from_millis(200))
+            .build()
+            .unwrap()
+            .spawn();
+        handle.wait_for(|s| s.processed >= n as u64).await.unwrap();
+        let rate = n as f64 / started.elapsed().as_secs_f64();
+        handle.shutdown().await.unwrap();
+        eprintln!("batch mode, {label}: {rate:.0} events/s ({n} events)");
+        assert_eq!(env.effects().await - before, n as i64);
+    }
     env.teardown().await;
 }

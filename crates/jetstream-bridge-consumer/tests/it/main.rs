@@ -166,6 +166,19 @@ impl Env {
         stream.info().await.unwrap().state.messages
     }
 
+    /// Awaits an empty main stream: acks are sent without waiting for the server, which
+    /// removes work-queue messages when it processes them, so a check right after a shutdown
+    /// could race it.
+    pub(crate) async fn wait_stream_drained(&self) {
+        jetstream_bridge_testkit::eventually(WAIT, || async {
+            match self.main_stream_len().await {
+                0 => Ok(()),
+                n => Err(format!("{n} message(s) still in the stream")),
+            }
+        })
+        .await;
+    }
+
     pub(crate) async fn effects(&self) -> i64 {
         count(&self.db, "SELECT count(*) AS n FROM effects").await
     }
@@ -177,9 +190,9 @@ impl Env {
 }
 
 #[derive(QueryableByName)]
-struct N {
+pub(crate) struct N {
     #[diesel(sql_type = BigInt)]
-    n: i64,
+    pub(crate) n: i64,
 }
 
 pub(crate) async fn count(db: &TestDb, sql: &str) -> i64 {

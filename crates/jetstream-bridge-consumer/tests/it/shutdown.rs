@@ -52,7 +52,7 @@ async fn shutdown_mid_batch_loses_nothing() {
         count(&env.db, "SELECT count(DISTINCT event_id) AS n FROM effects").await,
         10
     );
-    assert_eq!(env.main_stream_len().await, 0);
+    env.wait_stream_drained().await;
     env.teardown().await;
 }
 

@@ -221,3 +221,117 @@ async fn record_processed_commits_with_the_transaction() {
     drop(conn);
     db.teardown().await;
 }
+
+/// `record_processed_batch` claims many entries in one statement: new events (also a failed
+/// one) are written processed; an already processed event and a repeated id are duplicates;
+/// a rolled-back transaction leaves nothing behind.
+#[tokio::test(flavor = "multi_thread")]
+async fn record_processed_batch_claims_new_events_once() {
+    let db = TestDb::new().await;
+    let inbox = Inbox::new();
+    let mut conn = db.conn().await;
+    let (done, failed) = (entry(40), entry(41));
+    let _ = inbox.record_processed(&mut conn, &done).await.unwrap();
+    inbox
+        .record_failure(&mut conn, &failed, "boom")
+        .await
+        .unwrap();
+    // A new event at an already used stream position (a recreated stream) is stored without it.
+    let (a, b, reused) = (entry(42), entry(43), entry(40));
+    let batch = [
+        a.clone(),
+        done.clone(),
+        b.clone(),
+        a.clone(),
+        failed.clone(),
+        reused.clone(),
+    ];
+    let rolled_back = conn
+        .transaction::<(), jetstream_bridge_inbox::InboxError, _>(async |conn| {
+            let r = inbox.record_processed_batch(conn, &batch).await?;
+            assert_eq!(r[0], Recorded::New);
+            Err(diesel::result::Error::RollbackTransaction.into())
+        })
+        .await;
+    assert!(rolled_back.is_err());
+    assert!(row(&db, &a.event_id).await.is_none());
+    assert_eq!(row(&db, &failed.event_id).await.unwrap().status, "failed");
+
+    let recorded = conn
+        .transaction::<_, jetstream_bridge_inbox::InboxError, _>(async |conn| {
+            inbox.record_processed_batch(conn, &batch).await
+        })
+        .await
+        .unwrap();
+    use Recorded::{Duplicate, New};
+    assert_eq!(recorded, [New, Duplicate, New, Duplicate, New, New]);
+    for (e, attempts) in [(&a, 1), (&b, 1), (&failed, 2), (&reused, 1), (&done, 1)] {
+        let r = row(&db, &e.event_id).await.unwrap();
+        assert_eq!(
+            (r.status.as_str(), r.processing_attempts),
+            ("processed", attempts),
+            "{}",
+            e.event_id
+        );
+        assert_eq!(r.payload_type, "object");
+    }
+    assert_eq!(row(&db, &a.event_id).await.unwrap().stream_seq, Some(42));
+    assert_eq!(row(&db, &reused.event_id).await.unwrap().stream_seq, None);
+    // Everything is processed now: the same batch is all duplicates; an empty one is empty.
+    assert!(inbox
+        .record_processed_batch(&mut conn, &batch)
+        .await
+        .unwrap()
+        .iter()
+        .all(|r| *r == Duplicate));
+    assert!(inbox
+        .record_processed_batch(&mut conn, &[])
+        .await
+        .unwrap()
+        .is_empty());
+    drop(conn);
+    db.teardown().await;
+}
+
+/// Indicative pure-PostgreSQL cost of the consumer's batch transaction (`BEGIN`, one
+/// `record_processed_batch` of 100, one multi-row business insert, `COMMIT`); run with
+/// `cargo test --release -p jetstream-bridge-inbox --test it batch_claim_cost -- --ignored
+/// --nocapture`.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "measurement; run explicitly"]
+async fn batch_claim_cost() {
+    let db = TestDb::new().await;
+    let inbox = Inbox::new();
+    let mut conn = db.conn().await;
+    diesel::sql_query("CREATE TABLE effects (id bigserial PRIMARY KEY, event_id text NOT NULL)")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let (batches, size) = (100u64, 100u64);
+    let all: Vec<Vec<InboxEntry>> = (0..batches)
+        .map(|b| (0..size).map(|i| entry(b * size + i)).collect())
+        .collect();
+    let started = std::time::Instant::now();
+    for batch in &all {
+        conn.transaction::<_, jetstream_bridge_inbox::InboxError, _>(async |conn| {
+            let recorded = inbox.record_processed_batch(conn, batch).await?;
+            assert!(recorded.iter().all(|r| *r == Recorded::New));
+            let ids: Vec<&str> = batch.iter().map(|e| e.event_id.as_str()).collect();
+            diesel::sql_query("INSERT INTO effects (event_id) SELECT unnest($1::text[])")
+                .bind::<diesel::sql_types::Array<Text>, _>(ids)
+                .execute(conn)
+                .await?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+    }
+    let elapsed = started.elapsed();
+    eprintln!(
+        "{batches} transactions of {size}: {:.2} ms each, {:.0} events/s",
+        elapsed.as_secs_f64() * 1e3 / batches as f64,
+        (batches * size) as f64 / elapsed.as_secs_f64()
+    );
+    drop(conn);
+    db.teardown().await;
+}
