@@ -516,7 +516,10 @@ async fn the_current_trace_is_captured_at_enqueue_and_relayed() {
     let captured = captured.expect("traceparent captured from the scope");
     assert_eq!(captured.trace_id(), current.trace_id());
     assert_ne!(captured.parent_id(), current.parent_id());
-    assert_eq!(seen[1].1.map(|tp| tp.to_string()).as_deref(), Some(explicit));
+    assert_eq!(
+        seen[1].1.map(|tp| tp.to_string()).as_deref(),
+        Some(explicit)
+    );
     assert_eq!(seen[2].1, None);
     env.teardown().await;
 }
