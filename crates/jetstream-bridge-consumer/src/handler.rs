@@ -7,7 +7,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use diesel_async::AsyncPgConnection;
-use jetstream_bridge_config::{Envelope, Timestamp};
+use jetstream_bridge_config::{Envelope, Timestamp, TraceParent};
 
 use crate::error::BoxError;
 use crate::middleware::BoxFuture;
@@ -43,6 +43,11 @@ pub struct Metadata {
     /// The message headers, `(name, value)`, one pair per value. The order of names is not
     /// the wire order: async-nats parses headers into a hash map.
     pub headers: Vec<(String, String)>,
+    /// The W3C `traceparent` the producer sent, if any and valid. While [`Handler::handle`]
+    /// runs, a [child](TraceParent::child) of it is [current](TraceParent::current), so events
+    /// the handler enqueues or publishes continue the trace; the runtime's
+    /// `jetstream_bridge.handle` span records its `trace_id` and `parent_span_id`.
+    pub traceparent: Option<TraceParent>,
 }
 
 /// Applies events. Implement it on your own type (it is shared by every in-flight message, so

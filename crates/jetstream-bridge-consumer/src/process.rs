@@ -8,7 +8,9 @@ use async_nats::jetstream::{AckKind, Message};
 use diesel_async::pooled_connection::deadpool::{Object, Pool};
 use diesel_async::{AsyncConnection, AsyncPgConnection};
 use futures_util::FutureExt;
-use jetstream_bridge_config::{resolve_event_id, DlqReason, Envelope, Timestamp};
+use jetstream_bridge_config::{
+    resolve_event_id, DlqReason, Envelope, Timestamp, TraceParent, TRACEPARENT_HEADER,
+};
 use jetstream_bridge_inbox::{InboxEntry, InboxError, Recorded};
 use tracing::{debug, error, warn, Instrument};
 
@@ -63,6 +65,11 @@ pub(crate) fn metadata(message: &Message) -> Metadata {
         })
         .unwrap_or_default();
     let subject = message.subject.to_string();
+    // An invalid traceparent is ignored (the message is still processed).
+    let traceparent = headers
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case(TRACEPARENT_HEADER))
+        .and_then(|(_, value)| value.parse::<TraceParent>().ok());
     match message.info() {
         Ok(info) => Metadata {
             subject,
@@ -73,6 +80,7 @@ pub(crate) fn metadata(message: &Message) -> Metadata {
             deliveries: u32::try_from(info.delivered.max(1)).unwrap_or(u32::MAX),
             published: Timestamp::from_offset_date_time(info.published).ok(),
             headers,
+            traceparent,
         },
         Err(_) => Metadata {
             subject,
@@ -83,6 +91,7 @@ pub(crate) fn metadata(message: &Message) -> Metadata {
             deliveries: 1,
             published: None,
             headers,
+            traceparent,
         },
     }
 }
@@ -98,6 +107,8 @@ impl<H: Handler> Shared<H> {
             subject = %meta.subject,
             stream_seq = meta.stream_sequence,
             deliveries = meta.deliveries,
+            trace_id = meta.traceparent.map(|tp| tp.trace_id()),
+            parent_span_id = meta.traceparent.map(|tp| tp.parent_id()),
         );
         self.process_in_span(message, meta, span.clone())
             .instrument(span)
@@ -136,7 +147,15 @@ impl<H: Handler> Shared<H> {
             envelope,
             metadata: meta,
         };
-        let outcome = self.with_progress(&[message], self.attempt(&event)).await;
+        // The handler runs in a child of the producer's trace, so events it enqueues or
+        // publishes carry the same trace id on to the next service.
+        let outcome = match event.metadata.traceparent {
+            Some(tp) => {
+                self.with_progress(&[message], tp.child().scope(self.attempt(&event)))
+                    .await
+            }
+            None => self.with_progress(&[message], self.attempt(&event)).await,
+        };
         match outcome {
             Ok(recorded) => {
                 self.ack_all(&[message], &[recorded]).await;

@@ -10,6 +10,7 @@ mod fault_nats;
 mod middleware;
 mod recovery;
 mod shutdown;
+mod trace;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
