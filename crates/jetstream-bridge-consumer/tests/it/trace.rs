@@ -52,7 +52,10 @@ impl<S: tracing::Subscriber> Layer<S> for HandleSpans {
 
 /// Records the traceparent current while it runs.
 #[derive(Clone, Default)]
-struct SeesTrace(Arc<Mutex<Vec<(String, Option<TraceParent>, Option<TraceParent>)>>>);
+struct SeesTrace(Arc<Mutex<Vec<Seen>>>);
+
+/// Resource id, `Metadata::traceparent`, `TraceParent::current()` in the handler.
+type Seen = (String, Option<TraceParent>, Option<TraceParent>);
 
 impl Handler for SeesTrace {
     async fn handle(
