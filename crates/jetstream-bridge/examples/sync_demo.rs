@@ -20,6 +20,9 @@
 //! `postgres://127.0.0.1:5432/test`; the demo creates its two databases next to it), `ORDERS`
 //! (default 200).
 
+// A demo program: it reports to the terminal.
+#![allow(clippy::print_stdout)]
+
 use std::time::{Duration, Instant};
 
 use diesel::sql_types::{BigInt, Text};
@@ -247,7 +250,7 @@ async fn exchange(
     .load(&mut conn)
     .await?;
     let envelope = jetstream_bridge::Envelope::from_slice(
-        &first_order
+        first_order
             .into_iter()
             .next()
             .ok_or("the outbox is empty")?
