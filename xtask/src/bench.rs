@@ -1,51 +1,66 @@
-//! `cargo xtask bench <scenario>`: benchmarks measured against a raw baseline in the same run.
+//! `cargo xtask bench [scenario…]`: benchmarks measured against a raw baseline in the same run.
 //!
-//! Framework: a scenario produces [`Measurement`]s; each is taken after a warm-up run, repeated
-//! `--repeats` times (default 3) and reported as median / min / max, printed and optionally
-//! written to `--json FILE`. Add a scenario by adding a [`Scenario`] variant and a function
-//! returning `Vec<Measurement>`; use [`repeat`] for the warm-up and repeats.
+//! Framework: every scenario runs its contenders after one warm-up run, `--repeat` times
+//! (default 3), alternating contender and baseline so background load hits both alike, and
+//! returns a [`ScenarioReport`]: [`Measurement`]s (median / min / max of the samples), the
+//! per-pair ratios, [`Check`]s against the targets of issue #7 (PASS/FAIL), and [`Count`]s
+//! proving that every event of every run was accounted for. Progress goes to stderr, the
+//! results table to stdout, and `--json FILE` writes the whole [`Report`].
+//!
+//! Add a scenario: a [`Scenario`] variant (and in [`Scenario::ALL`], which the smoke test below
+//! runs with a tiny N), a module `bench_<name>.rs` with a function returning a
+//! [`ScenarioReport`], and one arm in [`run_scenario`].
 //!
 //! Debug builds (`cargo xtask bench ..`) are for checking that a scenario runs; figures come
 //! from `cargo run --release -p xtask -- bench ..`.
 
-use std::collections::HashMap;
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use async_nats::jetstream::{self, stream};
-use async_nats::HeaderMap;
-use diesel::sql_types::{Array, BigInt, Text};
-use diesel::QueryableByName;
-use diesel_async::pooled_connection::deadpool::Pool;
-use diesel_async::pooled_connection::AsyncDieselConnectionManager;
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
-use futures_util::stream::FuturesUnordered;
-use futures_util::StreamExt as _;
-use jetstream_bridge_config::{redact_url, Config, MSG_ID_HEADER};
-use jetstream_bridge_outbox::{migrations, NewEvent, Outbox, PgPool, Relay};
-use serde_json::json;
+use serde_json::{json, Value};
 
 #[path = "bench_consumer.rs"]
 mod bench_consumer;
+#[path = "bench_e2e.rs"]
+mod bench_e2e;
+#[path = "bench_fixture.rs"]
+mod bench_fixture;
+#[path = "bench_memory.rs"]
+mod bench_memory;
+#[path = "bench_publish.rs"]
+mod bench_publish;
+#[path = "bench_relay.rs"]
+mod bench_relay;
+
+use bench_fixture::Fixture;
+
+/// PubAcks in flight for every pipelined contender (the `Relay` and `Publisher` default).
+const WINDOW: usize = 256;
 
 /// Arguments of `cargo xtask bench`.
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub(crate) struct Args {
-    /// What to measure.
+    /// Scenarios to run (default: all, in the order listed here).
     #[arg(value_enum)]
-    scenario: Scenario,
-    /// Events per measured run.
+    scenarios: Vec<Scenario>,
+    /// Events per measured run (the warm-up run uses at most 2000; `publish-direct`,
+    /// `consumer-inbox` and `e2e` use at most 5000).
     #[arg(long, default_value_t = 20_000)]
     events: usize,
-    /// Measured runs per contender (after one warm-up run).
-    #[arg(long, default_value_t = 3)]
-    repeats: usize,
-    /// Also write the results as JSON to this file.
+    /// Measured runs per contender, after one warm-up run.
+    #[arg(long = "repeat", visible_alias = "repeats", default_value_t = 3)]
+    repeat: usize,
+    /// Events pushed through relay and consumer by the `memory` scenario (one run); default
+    /// 50 × `--events`, i.e. 1 000 000 with the default `--events`.
+    #[arg(long)]
+    memory_events: Option<usize>,
+    /// Also write the report as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Exit non-zero when a target is missed (the default only reports FAIL).
+    #[arg(long)]
+    strict: bool,
     /// PostgreSQL admin URL; the benchmark creates and drops its own database.
     #[arg(
         long,
@@ -54,7 +69,7 @@ pub(crate) struct Args {
         default_value = "postgres://postgres@127.0.0.1:5432/postgres"
     )]
     database_url: String,
-    /// NATS server; the benchmark creates and deletes its own file-storage stream.
+    /// NATS server; the benchmark creates and deletes its own file-storage streams.
     #[arg(
         long,
         env = "NATS_URL",
@@ -64,47 +79,348 @@ pub(crate) struct Args {
     nats_url: String,
 }
 
-/// Benchmark scenarios.
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-enum Scenario {
-    /// Outbox relay throughput vs a naive raw diesel-async + async-nats relay, and
-    /// commit→publish latency at 1k events/s.
-    Relay,
-    /// Consumer runtime throughput with the inbox (concurrency 1 and 8) vs a naive raw
-    /// async-nats pull + diesel-async loop doing the same work.
-    Consumer,
+impl Args {
+    fn memory_events(&self) -> usize {
+        self.memory_events
+            .unwrap_or_else(|| self.events.saturating_mul(50))
+    }
+
+    /// Events of a warm-up run.
+    fn warm_events(&self) -> usize {
+        self.events.min(2000)
+    }
 }
 
-/// One measured quantity with its samples.
+/// Benchmark scenarios (issue #7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
+enum Scenario {
+    /// Outbox `Relay` vs a naive relay (claim 500 `FOR UPDATE SKIP LOCKED`, pipelined raw
+    /// publish with `Nats-Msg-Id`, one `UPDATE … = ANY`). Target ≥ 0.8× and ≥ 28k events/s.
+    Relay,
+    /// `Publisher::publish_batch` vs raw pipelined JetStream publish, same window. Target ≥ 0.8×.
+    PublishBatch,
+    /// `Publisher::publish` one at a time vs raw publish awaiting each ack. Target ≥ 0.9×.
+    PublishDirect,
+    /// `Consumer` with the inbox (per message at concurrency 1 and 8; batch mode) vs raw pull +
+    /// one transaction per message + ack, same concurrency. Target ≥ 0.7×; batch ≥ 10k msg/s.
+    #[value(alias = "consumer")]
+    ConsumerInbox,
+    /// `Consumer` without the inbox vs raw pull + ack, same concurrency. Target ≥ 0.8×.
+    ConsumerNoInbox,
+    /// Outbox commit → relay → consumer handler latency at 1k events/s. Target p99 < 50 ms.
+    E2e,
+    /// Process RSS while relay and consumer move `--memory-events` events (start / peak / end).
+    /// Target < 64 MiB and flat.
+    Memory,
+}
+
+impl Scenario {
+    const ALL: [Self; 7] = [
+        Self::Relay,
+        Self::PublishBatch,
+        Self::PublishDirect,
+        Self::ConsumerInbox,
+        Self::ConsumerNoInbox,
+        Self::E2e,
+        Self::Memory,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Relay => "relay",
+            Self::PublishBatch => "publish-batch",
+            Self::PublishDirect => "publish-direct",
+            Self::ConsumerInbox => "consumer-inbox",
+            Self::ConsumerNoInbox => "consumer-no-inbox",
+            Self::E2e => "e2e",
+            Self::Memory => "memory",
+        }
+    }
+}
+
+/// One measured quantity with its samples (one per measured run).
 #[derive(Debug, Clone)]
-struct Measurement {
+pub(crate) struct Measurement {
     name: String,
     unit: &'static str,
     samples: Vec<f64>,
 }
 
 impl Measurement {
+    fn new(name: impl Into<String>, unit: &'static str, samples: Vec<f64>) -> Self {
+        Self {
+            name: name.into(),
+            unit,
+            samples,
+        }
+    }
+
+    /// `ours[i] / base[i]` per pair of the same repeat.
+    fn ratio(name: impl Into<String>, ours: &[f64], base: &[f64]) -> Self {
+        let samples = ours.iter().zip(base).map(|(o, b)| o / b).collect();
+        Self::new(name, "ratio", samples)
+    }
+
     fn sorted(&self) -> Vec<f64> {
         let mut s = self.samples.clone();
         s.sort_by(f64::total_cmp);
         s
     }
+
+    /// The median (the upper one of an even count); NaN without samples.
     fn median(&self) -> f64 {
         let s = self.sorted();
-        if s.is_empty() {
-            return f64::NAN;
-        }
-        s[s.len() / 2]
+        s.get(s.len() / 2).copied().unwrap_or(f64::NAN)
     }
+
     fn min(&self) -> f64 {
-        self.sorted()
-            .as_slice()
-            .first()
-            .copied()
-            .unwrap_or(f64::NAN)
+        self.sorted().first().copied().unwrap_or(f64::NAN)
     }
+
     fn max(&self) -> f64 {
-        self.sorted().as_slice().last().copied().unwrap_or(f64::NAN)
+        self.sorted().last().copied().unwrap_or(f64::NAN)
+    }
+
+    fn to_json(&self) -> Value {
+        json!({
+            "name": self.name, "unit": self.unit, "samples": self.samples,
+            "median": finite(self.median()), "min": finite(self.min()), "max": finite(self.max()),
+        })
+    }
+}
+
+/// NaN and infinities are not JSON numbers: write `null`.
+fn finite(x: f64) -> Value {
+    if x.is_finite() {
+        json!(x)
+    } else {
+        Value::Null
+    }
+}
+
+/// Direction of a target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cmp {
+    /// measured ≥ target
+    AtLeast,
+    /// measured < target
+    Below,
+}
+
+/// A target of issue #7, checked against the median of a measurement.
+#[derive(Debug, Clone)]
+pub(crate) struct Check {
+    what: String,
+    measured: f64,
+    cmp: Cmp,
+    target: f64,
+    unit: &'static str,
+}
+
+impl Check {
+    /// Checks the median of `m` against `target`.
+    fn on(m: &Measurement, cmp: Cmp, target: f64) -> Self {
+        Self {
+            what: m.name.clone(),
+            measured: m.median(),
+            cmp,
+            target,
+            unit: m.unit,
+        }
+    }
+
+    fn pass(&self) -> bool {
+        match self.cmp {
+            Cmp::AtLeast => self.measured >= self.target,
+            Cmp::Below => self.measured < self.target,
+        }
+    }
+
+    fn target_text(&self) -> String {
+        let op = match self.cmp {
+            Cmp::AtLeast => "≥",
+            Cmp::Below => "<",
+        };
+        format!("{op} {} {}", fmt_num(self.target, self.unit), self.unit)
+    }
+
+    fn to_json(&self) -> Value {
+        json!({
+            "what": self.what, "unit": self.unit, "measured": finite(self.measured),
+            "target": self.target_text(), "target_value": self.target, "pass": self.pass(),
+        })
+    }
+}
+
+/// Events one run of one contender was given and what it demonstrably handled (rows marked
+/// sent, messages stored, effects written, messages acked …). Runs that disagree fail the
+/// benchmark before a report exists; the counts let a reader (and the smoke test) see it.
+#[derive(Debug, Clone)]
+pub(crate) struct Count {
+    contender: String,
+    expected: u64,
+    observed: u64,
+}
+
+/// Records expected/observed counts while a scenario runs.
+#[derive(Debug, Default)]
+pub(crate) struct Counts(std::sync::Mutex<Vec<Count>>);
+
+impl Counts {
+    /// Records one run; errors when `observed != expected`.
+    fn record(&self, contender: &str, expected: usize, observed: u64) -> anyhow::Result<()> {
+        let expected = u64::try_from(expected)?;
+        if let Ok(mut v) = self.0.lock() {
+            v.push(Count {
+                contender: contender.to_owned(),
+                expected,
+                observed,
+            });
+        }
+        if observed != expected {
+            bail!("{contender}: expected {expected} events accounted for, found {observed}");
+        }
+        Ok(())
+    }
+
+    fn into_vec(self) -> Vec<Count> {
+        self.0.into_inner().unwrap_or_default()
+    }
+}
+
+/// What one scenario measured.
+#[derive(Debug)]
+pub(crate) struct ScenarioReport {
+    scenario: Scenario,
+    /// Events per measured run.
+    events: usize,
+    /// Measured runs per contender.
+    runs: usize,
+    measurements: Vec<Measurement>,
+    checks: Vec<Check>,
+    counts: Vec<Count>,
+    /// Free-form notes printed under the table (what the baseline does, …).
+    notes: Vec<String>,
+}
+
+/// The versions and machine a report was taken on.
+#[derive(Debug, Clone)]
+pub(crate) struct Environment {
+    nats_server: String,
+    postgres: String,
+    cpus: usize,
+    release: bool,
+}
+
+impl Environment {
+    fn header(&self) -> String {
+        format!(
+            "nats-server {}, PostgreSQL {}, {} CPU{}, {} build",
+            self.nats_server,
+            self.postgres,
+            self.cpus,
+            if self.cpus == 1 { "" } else { "s" },
+            if self.release { "release" } else { "debug" }
+        )
+    }
+}
+
+/// The whole run.
+#[derive(Debug)]
+pub(crate) struct Report {
+    environment: Environment,
+    events: usize,
+    repeat: usize,
+    scenarios: Vec<ScenarioReport>,
+}
+
+impl Report {
+    fn checks(&self) -> impl Iterator<Item = &Check> {
+        self.scenarios.iter().flat_map(|s| &s.checks)
+    }
+
+    fn to_json(&self) -> Value {
+        json!({
+            "environment": {
+                "nats_server": self.environment.nats_server,
+                "postgres": self.environment.postgres,
+                "cpus": self.environment.cpus,
+                "release": self.environment.release,
+            },
+            "events": self.events,
+            "repeat": self.repeat,
+            "pass": self.checks().all(Check::pass),
+            "scenarios": self.scenarios.iter().map(|s| json!({
+                "scenario": s.scenario.name(),
+                "events": s.events,
+                "runs": s.runs,
+                "measurements": s.measurements.iter().map(Measurement::to_json).collect::<Vec<_>>(),
+                "checks": s.checks.iter().map(Check::to_json).collect::<Vec<_>>(),
+                "counts": s.counts.iter().map(|c| json!({
+                    "contender": c.contender, "expected": c.expected, "observed": c.observed,
+                })).collect::<Vec<_>>(),
+                "notes": s.notes,
+            })).collect::<Vec<_>>(),
+        })
+    }
+
+    fn print_table(&self) {
+        println!();
+        println!("jetstream-bridge bench: {}", self.environment.header());
+        println!(
+            "{} events per run, 1 warm-up + {} measured runs per contender",
+            self.events, self.repeat
+        );
+        for s in &self.scenarios {
+            println!();
+            println!(
+                "== {} ({} events per run, {} run{})",
+                s.scenario.name(),
+                s.events,
+                s.runs,
+                if s.runs == 1 { "" } else { "s" }
+            );
+            println!(
+                "{:<48} {:>11} {:>11} {:>11}  unit",
+                "measurement", "median", "min", "max"
+            );
+            for m in &s.measurements {
+                println!(
+                    "{:<48} {:>11} {:>11} {:>11}  {}",
+                    m.name,
+                    fmt_num(m.median(), m.unit),
+                    fmt_num(m.min(), m.unit),
+                    fmt_num(m.max(), m.unit),
+                    m.unit
+                );
+            }
+            for c in &s.checks {
+                println!(
+                    "  {} {:<44} {} {}, target {}",
+                    if c.pass() { "PASS" } else { "FAIL" },
+                    c.what,
+                    fmt_num(c.measured, c.unit),
+                    c.unit,
+                    c.target_text()
+                );
+            }
+            for note in &s.notes {
+                println!("  note: {note}");
+            }
+        }
+        let total = self.checks().count();
+        let passed = self.checks().filter(|c| c.pass()).count();
+        println!();
+        println!("targets met: {passed} of {total}");
+    }
+}
+
+fn fmt_num(x: f64, unit: &str) -> String {
+    match unit {
+        "ratio" => format!("{x:.2}"),
+        "ms" => format!("{x:.2}"),
+        "MiB" | "µs" => format!("{x:.1}"),
+        _ => format!("{x:.0}"),
     }
 }
 
@@ -122,162 +438,104 @@ where
     Ok(samples)
 }
 
+/// `" warm-up"` or `""`, for progress lines.
+fn label(warmup: bool) -> &'static str {
+    if warmup {
+        " warm-up"
+    } else {
+        ""
+    }
+}
+
+/// Progress line on stderr.
+macro_rules! progress {
+    ($($arg:tt)*) => { eprintln!($($arg)*) };
+}
+pub(crate) use progress;
+
 pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     if cfg!(debug_assertions) {
-        println!("note: debug build; use `cargo run --release -p xtask -- bench ..` for figures");
+        progress!("note: debug build; use `cargo run --release -p xtask -- bench ..` for figures");
     }
-    let measurements = match args.scenario {
-        Scenario::Relay => relay_scenario(&args).await?,
-        Scenario::Consumer => bench_consumer::consumer_scenario(&args).await?,
-    };
-    println!();
-    println!(
-        "{:<44} {:>12} {:>12} {:>12}  unit",
-        "measurement", "median", "min", "max"
-    );
-    for m in &measurements {
-        let precision = if m.unit == "ratio" { 2 } else { 1 };
-        println!(
-            "{:<44} {:>12.precision$} {:>12.precision$} {:>12.precision$}  {}",
-            m.name,
-            m.median(),
-            m.min(),
-            m.max(),
-            m.unit
-        );
-    }
+    let report = execute(&args).await?;
+    report.print_table();
     if let Some(path) = &args.json {
-        let value = json!({
-            "scenario": format!("{:?}", args.scenario).to_lowercase(),
-            "events": args.events,
-            "repeats": args.repeats,
-            "release": !cfg!(debug_assertions),
-            "measurements": measurements.iter().map(|m| json!({
-                "name": m.name, "unit": m.unit, "samples": m.samples,
-                "median": m.median(), "min": m.min(), "max": m.max(),
-            })).collect::<Vec<_>>(),
-        });
-        std::fs::write(path, serde_json::to_vec_pretty(&value)?)
+        std::fs::write(path, serde_json::to_vec_pretty(&report.to_json())?)
             .with_context(|| format!("writing {}", path.display()))?;
-        println!("wrote {}", path.display());
+        progress!("wrote {}", path.display());
+    }
+    if args.strict && !report.checks().all(Check::pass) {
+        bail!("some targets were missed (--strict)");
     }
     Ok(())
 }
 
-// ---- relay scenario -------------------------------------------------------------------------
-
-struct Fixture {
-    config: Config,
-    pool: PgPool,
-    js: jetstream::Context,
-    client: async_nats::Client,
-    stream: String,
-    admin_url: String,
-    database: String,
+/// Runs the selected scenarios on one fixture (database + streams), always tearing it down.
+async fn execute(args: &Args) -> anyhow::Result<Report> {
+    if args.events == 0 {
+        bail!("--events must be at least 1");
+    }
+    if args.repeat == 0 {
+        bail!("--repeat must be at least 1");
+    }
+    let mut selected: Vec<Scenario> = if args.scenarios.is_empty() {
+        Scenario::ALL.to_vec()
+    } else {
+        args.scenarios.clone()
+    };
+    selected.sort();
+    selected.dedup();
+    let fx = Fixture::new(args).await?;
+    let result = execute_on(args, &fx, &selected).await;
+    let teardown = fx.teardown().await;
+    let report = result?;
+    teardown?;
+    Ok(report)
 }
 
-impl Fixture {
-    async fn new(args: &Args) -> anyhow::Result<Self> {
-        let token = nuid::next().to_string().to_lowercase();
-        let database = format!("jb_bench_{token}");
-        println!(
-            "creating database {database} on {}",
-            redact_url(&args.database_url)
-        );
-        let mut admin = AsyncPgConnection::establish(&args.database_url)
+async fn execute_on(args: &Args, fx: &Fixture, selected: &[Scenario]) -> anyhow::Result<Report> {
+    let environment = fx.environment().await?;
+    progress!("{}", environment.header());
+    // Memory first: the process RSS it reports should not carry what earlier scenarios
+    // allocated (the allocator keeps freed memory).
+    let order = selected
+        .iter()
+        .filter(|s| **s == Scenario::Memory)
+        .chain(selected.iter().filter(|s| **s != Scenario::Memory));
+    let mut scenarios = Vec::new();
+    for &scenario in order {
+        progress!("--- {}", scenario.name());
+        let report = run_scenario(args, fx, scenario)
             .await
-            .context("connecting to PostgreSQL")?;
-        diesel::sql_query(format!("CREATE DATABASE \"{database}\""))
-            .execute(&mut admin)
-            .await?;
-        let mut url = url_with_database(&args.database_url, &database)?;
-        let mut conn = AsyncPgConnection::establish(&url).await?;
-        migrations::run_pending(&mut conn).await?;
-        drop(conn);
-        let pool = Pool::builder(AsyncDieselConnectionManager::<AsyncPgConnection>::new(
-            std::mem::take(&mut url),
-        ))
-        .max_size(8)
-        .build()?;
-
-        let env = format!("bench{token}");
-        let config = Config::builder(env.as_str(), "orders", "billing").build()?;
-        println!("connecting to {}", redact_url(&args.nats_url));
-        let client = async_nats::connect(args.nats_url.as_str()).await?;
-        let js = jetstream::new(client.clone());
-        let stream = format!("jb_bench_{token}");
-        println!("creating file-storage stream {stream}");
-        js.create_stream(stream::Config {
-            name: stream.clone(),
-            subjects: vec![config.subjects().source().as_str().to_owned()],
-            storage: stream::StorageType::File,
-            duplicate_window: Duration::from_secs(120),
-            ..Default::default()
-        })
-        .await?;
-        Ok(Self {
-            config,
-            pool,
-            js,
-            client,
-            stream,
-            admin_url: args.database_url.clone(),
-            database,
-        })
+            .with_context(|| format!("scenario {}", scenario.name()))?;
+        scenarios.push(report);
     }
+    scenarios.sort_by_key(|s| s.scenario);
+    Ok(Report {
+        environment,
+        events: args.events,
+        repeat: args.repeat,
+        scenarios,
+    })
+}
 
-    /// Empties table and stream, then enqueues `n` events (committed).
-    async fn load(&self, n: usize) -> anyhow::Result<()> {
-        let mut conn = self.pool.get().await?;
-        diesel::sql_query("TRUNCATE jetstream_outbox_events")
-            .execute(&mut *conn)
-            .await?;
-        self.js.get_stream(&self.stream).await?.purge().await?;
-        let outbox = Outbox::new(&self.config);
-        let mut i = 0;
-        while i < n {
-            let end = (i + 5000).min(n);
-            outbox.enqueue_batch(&mut conn, (i..end).map(event)).await?;
-            i = end;
-        }
-        diesel::sql_query("VACUUM ANALYZE jetstream_outbox_events")
-            .execute(&mut *conn)
-            .await?;
-        Ok(())
-    }
-
-    async fn check_all_published(&self, n: usize) -> anyhow::Result<()> {
-        let info = self
-            .js
-            .get_stream(&self.stream)
-            .await?
-            .info()
-            .await?
-            .clone();
-        if usize::try_from(info.state.messages)? != n {
-            bail!(
-                "stream holds {} messages, expected {n}",
-                info.state.messages
-            );
-        }
-        Ok(())
-    }
-
-    async fn teardown(self) -> anyhow::Result<()> {
-        println!(
-            "deleting stream {} and database {}",
-            self.stream, self.database
-        );
-        self.js.delete_stream(&self.stream).await?;
-        self.pool.close();
-        let mut admin = AsyncPgConnection::establish(&self.admin_url).await?;
-        diesel::sql_query(format!("DROP DATABASE \"{}\" WITH (FORCE)", self.database))
-            .execute(&mut admin)
-            .await?;
-        Ok(())
+async fn run_scenario(
+    args: &Args,
+    fx: &Fixture,
+    scenario: Scenario,
+) -> anyhow::Result<ScenarioReport> {
+    match scenario {
+        Scenario::Relay => bench_relay::relay(args, fx).await,
+        Scenario::PublishBatch => bench_publish::batch(args, fx).await,
+        Scenario::PublishDirect => bench_publish::direct(args, fx).await,
+        Scenario::ConsumerInbox => bench_consumer::with_inbox(args, fx).await,
+        Scenario::ConsumerNoInbox => bench_consumer::without_inbox(args, fx).await,
+        Scenario::E2e => bench_e2e::e2e(args, fx).await,
+        Scenario::Memory => bench_memory::memory(args, fx).await,
     }
 }
 
+/// `admin` with its database path replaced by `database` (query kept).
 fn url_with_database(admin: &str, database: &str) -> anyhow::Result<String> {
     let (base, query) = admin
         .split_once('?')
@@ -286,7 +544,7 @@ fn url_with_database(admin: &str, database: &str) -> anyhow::Result<String> {
         .rfind('/')
         .filter(|&i| i > base.find("//").map_or(0, |j| j + 1))
     else {
-        bail!("DATABASE_URL has no database path");
+        bail!("DATABASE_URL has no database path (expected postgres://user@host:port/db)");
     };
     let mut url = format!("{}/{database}", &base[..slash]);
     if let Some(q) = query {
@@ -296,275 +554,108 @@ fn url_with_database(admin: &str, database: &str) -> anyhow::Result<String> {
     Ok(url)
 }
 
-/// A ~300-byte envelope's payload.
-fn event(i: usize) -> NewEvent {
-    NewEvent::new(
-        "order.placed",
-        json!({
-            "id": i,
-            "email": format!("customer{i}@example.com"),
-            "amount_cents": 1999 + i % 10_000,
-            "currency": "EUR",
-        }),
-    )
-}
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-async fn relay_scenario(args: &Args) -> anyhow::Result<Vec<Measurement>> {
-    let fx = Fixture::new(args).await?;
-    let result = relay_measurements(args, &fx).await;
-    fx.teardown().await?;
-    result
-}
+    use super::*;
+    use clap::Parser as _;
 
-async fn relay_measurements(args: &Args, fx: &Fixture) -> anyhow::Result<Vec<Measurement>> {
-    let n = args.events;
-    let size = {
-        let js_body = jetstream_bridge_config::Envelope::builder(
-            "order.placed",
-            json!({"id": 12345, "email": "customer12345@example.com", "amount_cents": 4344,
-                   "currency": "EUR"}),
-        )
-        .producer("orders")
-        .build()?
-        .to_vec();
-        js_body.len()
-    };
-    println!(
-        "envelope size ≈ {size} bytes; {n} events per run, 1 warm-up + {} runs each",
-        args.repeats
-    );
-
-    // The contenders alternate (warm-up pair, then baseline/ours per repeat), so load from
-    // other processes on the machine hits both alike.
-    let warm = n.min(2000);
-    let pairs = repeat(args.repeats, |warmup| async move {
-        let count = if warmup { warm } else { n };
-        let label = if warmup { " warm-up" } else { "" };
-        let base = baseline_run(fx, count).await?;
-        println!("  baseline (naive relay){label}: {base:.0} events/s");
-        let ours = relay_run(fx, count).await?;
-        println!("  jetstream-bridge Relay{label}: {ours:.0} events/s");
-        Ok((base, ours))
-    })
-    .await?;
-    let baseline: Vec<f64> = pairs.iter().map(|p| p.0).collect();
-    let ours: Vec<f64> = pairs.iter().map(|p| p.1).collect();
-    let ratio: Vec<f64> = ours.iter().zip(&baseline).map(|(o, b)| o / b).collect();
-
-    // Latency: commit → message seen by a core subscriber, at 1k events/s.
-    let latency_events = n.min(5000);
-    let extra: Mutex<(Vec<f64>, Vec<f64>)> = Mutex::default();
-    let p99 = repeat(args.repeats, |warmup| {
-        let extra = &extra;
-        async move {
-            let (p50, p99, max) =
-                latency_run(fx, if warmup { 500 } else { latency_events }).await?;
-            println!(
-                "  commit→publish at 1k/s{}: p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms",
-                if warmup { " warm-up" } else { "" }
-            );
-            if !warmup {
-                if let Ok(mut e) = extra.lock() {
-                    e.0.push(p50);
-                    e.1.push(max);
-                }
-            }
-            Ok(p99)
-        }
-    })
-    .await?;
-    let (p50, pmax) = extra.into_inner().unwrap_or_default();
-
-    Ok(vec![
-        Measurement {
-            name: "naive relay (raw diesel-async + async-nats)".into(),
-            unit: "events/s",
-            samples: baseline,
-        },
-        Measurement {
-            name: "jetstream-bridge Relay".into(),
-            unit: "events/s",
-            samples: ours,
-        },
-        Measurement {
-            name: "Relay / naive (same run)".into(),
-            unit: "ratio",
-            samples: ratio,
-        },
-        Measurement {
-            name: "commit→publish p50 at 1k events/s".into(),
-            unit: "ms",
-            samples: p50,
-        },
-        Measurement {
-            name: "commit→publish p99 at 1k events/s".into(),
-            unit: "ms",
-            samples: p99,
-        },
-        Measurement {
-            name: "commit→publish max at 1k events/s".into(),
-            unit: "ms",
-            samples: pmax,
-        },
-    ])
-}
-
-/// Loads `count` rows and drains them with the naive relay; events per second.
-async fn baseline_run(fx: &Fixture, count: usize) -> anyhow::Result<f64> {
-    fx.load(count).await?;
-    let started = Instant::now();
-    naive_relay(&fx.pool, &fx.js).await?;
-    let rate = count as f64 / started.elapsed().as_secs_f64();
-    fx.check_all_published(count).await?;
-    Ok(rate)
-}
-
-/// Loads `count` rows and drains them with one `Relay` (default settings); events per second,
-/// from spawn to the last row marked sent.
-async fn relay_run(fx: &Fixture, count: usize) -> anyhow::Result<f64> {
-    fx.load(count).await?;
-    let started = Instant::now();
-    let handle = Relay::builder(&fx.config, fx.js.clone(), fx.pool.clone())
-        .build()
-        .spawn();
-    let mut stats = handle.stats();
-    stats.wait_for(|s| s.sent >= count as u64).await?;
-    let rate = count as f64 / started.elapsed().as_secs_f64();
-    handle.shutdown().await?;
-    fx.check_all_published(count).await?;
-    Ok(rate)
-}
-
-/// Enqueues `n` events at 1000/s, one committed transaction each, while a relay runs; returns
-/// p50, p99 and max of commit → delivery to a core-NATS subscriber, in milliseconds.
-async fn latency_run(fx: &Fixture, n: usize) -> anyhow::Result<(f64, f64, f64)> {
-    fx.load(0).await?;
-    let handle = Relay::builder(&fx.config, fx.js.clone(), fx.pool.clone())
-        .build()
-        .spawn();
-    let mut stats = handle.stats();
-    stats.wait_for(|s| s.listening).await?;
-    let committed: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
-    let mut sub = fx
-        .client
-        .subscribe(fx.config.subjects().source().as_str().to_owned())
-        .await?;
-    fx.client.flush().await?;
-    let receiver = tokio::spawn({
-        let committed = Arc::clone(&committed);
-        async move {
-            let mut latencies = Vec::with_capacity(n);
-            while latencies.len() < n {
-                let Some(msg) = sub.next().await else { break };
-                let now = Instant::now();
-                let Some(id) = msg.headers.as_ref().and_then(|h| h.get(MSG_ID_HEADER)) else {
-                    continue;
-                };
-                // The producer records the commit time right after COMMIT returns; a message
-                // can arrive first, so wait briefly for the entry.
-                let mut at = None;
-                for _ in 0..1000 {
-                    if let Some(t) = committed
-                        .lock()
-                        .ok()
-                        .and_then(|m| m.get(id.as_str()).copied())
-                    {
-                        at = Some(t);
-                        break;
-                    }
-                    tokio::task::yield_now().await;
-                }
-                let at = at.unwrap_or(now);
-                latencies.push(now.saturating_duration_since(at).as_secs_f64() * 1000.0);
-            }
-            latencies
-        }
-    });
-    let outbox = Outbox::new(&fx.config);
-    let mut conn = fx.pool.get().await?;
-    let mut ticker = tokio::time::interval(Duration::from_millis(1));
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    for i in 0..n {
-        ticker.tick().await;
-        let id = outbox.enqueue(&mut conn, event(i)).await?;
-        let at = Instant::now();
-        if let Ok(mut m) = committed.lock() {
-            m.insert(id.to_string(), at);
-        }
+    #[derive(Debug, clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
     }
-    drop(conn);
-    let mut latencies = tokio::time::timeout(Duration::from_secs(60), receiver)
-        .await
-        .context("latency receiver timed out")??;
-    handle.shutdown().await?;
-    latencies.sort_by(f64::total_cmp);
-    let pct = |per_mille: usize| {
-        // Nearest rank: the smallest sample with at least p of the samples at or below it.
-        let rank = latencies.len().saturating_mul(per_mille).div_ceil(1000);
-        latencies
-            .get(rank.saturating_sub(1))
-            .copied()
-            .unwrap_or(f64::NAN)
-    };
-    Ok((pct(500), pct(990), pct(1000)))
-}
 
-#[derive(QueryableByName)]
-struct Row {
-    #[diesel(sql_type = BigInt)]
-    id: i64,
-    #[diesel(sql_type = Text)]
-    event_id: String,
-    #[diesel(sql_type = Text)]
-    subject: String,
-    #[diesel(sql_type = Text)]
-    payload: String,
-}
+    fn parse(argv: &[&str]) -> Args {
+        Cli::try_parse_from(std::iter::once("bench").chain(argv.iter().copied()))
+            .unwrap()
+            .args
+    }
 
-/// The baseline: what a competent hand-written relay does with the raw clients. Claim 500
-/// rows with `FOR UPDATE SKIP LOCKED`, publish them with a sliding window of 256 PubAcks in
-/// flight and `Nats-Msg-Id`, mark them sent with one `UPDATE … = ANY`; until nothing is left.
-async fn naive_relay(pool: &PgPool, js: &jetstream::Context) -> anyhow::Result<()> {
-    const WINDOW: usize = 256;
-    let mut conn = pool.get().await?;
-    loop {
-        let rows: Vec<Row> = diesel::sql_query(
-            "UPDATE jetstream_outbox_events o SET status = 'publishing', \
-               claimed_until = now() + interval '30 seconds', updated_at = now() \
-             FROM (SELECT id FROM jetstream_outbox_events WHERE status = 'pending' \
-                   ORDER BY id LIMIT 500 FOR UPDATE SKIP LOCKED) c \
-             WHERE o.id = c.id \
-             RETURNING o.id, o.event_id, o.subject, o.payload::text AS payload",
-        )
-        .load(&mut *conn)
-        .await?;
-        if rows.is_empty() {
-            return Ok(());
-        }
-        let mut in_flight = FuturesUnordered::new();
-        for row in &rows {
-            while in_flight.len() >= WINDOW {
-                if let Some(ack) = in_flight.next().await {
-                    let _: async_nats::jetstream::publish::PublishAck = ack?;
-                }
+    #[test]
+    fn cli_defaults_and_options() {
+        let a = parse(&[]);
+        assert!(a.scenarios.is_empty());
+        assert_eq!((a.events, a.repeat), (20_000, 3));
+        assert_eq!(a.memory_events(), 1_000_000);
+        let a = parse(&["relay", "e2e", "--events", "10", "--repeat", "1"]);
+        assert_eq!(a.scenarios, [Scenario::Relay, Scenario::E2e]);
+        assert_eq!((a.events, a.repeat, a.memory_events()), (10, 1, 500));
+        assert_eq!(parse(&["--repeats", "2"]).repeat, 2);
+        assert_eq!(parse(&["consumer"]).scenarios, [Scenario::ConsumerInbox]);
+        assert!(Cli::try_parse_from(["bench", "nope"]).is_err());
+        assert!(Cli::try_parse_from(["bench", "--events", "x"]).is_err());
+    }
+
+    #[test]
+    fn statistics_and_checks() {
+        let m = Measurement::new("x", "events/s", vec![3.0, 1.0, 2.0]);
+        assert_eq!((m.median(), m.min(), m.max()), (2.0, 1.0, 3.0));
+        assert!(Measurement::new("e", "ms", vec![]).median().is_nan());
+        let r = Measurement::ratio("r", &[2.0, 3.0], &[4.0, 3.0]);
+        assert_eq!(r.samples, [0.5, 1.0]);
+        assert!(Check::on(&m, Cmp::AtLeast, 2.0).pass());
+        assert!(!Check::on(&m, Cmp::Below, 2.0).pass());
+        assert_eq!(
+            Check::on(&r, Cmp::AtLeast, 0.8).target_text(),
+            "≥ 0.80 ratio"
+        );
+    }
+
+    #[test]
+    fn database_urls() {
+        assert_eq!(
+            url_with_database("postgres://u:p@h:5432/postgres?sslmode=disable", "b").unwrap(),
+            "postgres://u:p@h:5432/b?sslmode=disable"
+        );
+        assert!(url_with_database("postgres://h:5432", "b").is_err());
+    }
+
+    /// Every scenario with a tiny N against the services (`.ci/services.sh`; NATS_URL /
+    /// DATABASE_URL override): the report must be well-formed and every event accounted for.
+    /// Timing is not asserted.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn smoke_every_scenario_with_tiny_n() {
+        let mut args = parse(&["--events", "40", "--repeat", "1", "--memory-events", "300"]);
+        args.scenarios = Scenario::ALL.to_vec();
+        let report = execute(&args).await.expect("bench smoke run");
+        assert_eq!(report.scenarios.len(), Scenario::ALL.len());
+        assert!(!report.environment.nats_server.is_empty());
+        assert!(!report.environment.postgres.is_empty());
+        assert!(report.environment.cpus >= 1);
+        for s in &report.scenarios {
+            let name = s.scenario.name();
+            assert!(!s.measurements.is_empty(), "{name}: no measurements");
+            assert!(!s.checks.is_empty(), "{name}: no targets");
+            for m in &s.measurements {
+                assert_eq!(m.samples.len(), s.runs, "{name}/{}: samples", m.name);
+                // Finite; a growth may be negative, everything else not.
+                assert!(
+                    m.samples
+                        .iter()
+                        .all(|x| x.is_finite() && (*x >= 0.0 || m.name.contains("growth"))),
+                    "{name}/{}: {:?}",
+                    m.name,
+                    m.samples
+                );
             }
-            let mut headers = HeaderMap::new();
-            headers.insert(MSG_ID_HEADER, row.event_id.as_str());
-            let ack = js
-                .publish_with_headers(row.subject.clone(), headers, row.payload.clone().into())
-                .await?;
-            in_flight.push(ack.into_future());
+            assert!(!s.counts.is_empty(), "{name}: no counts");
+            for c in &s.counts {
+                assert_eq!(c.expected, c.observed, "{name}/{}", c.contender);
+                assert!(c.expected > 0, "{name}/{}", c.contender);
+            }
         }
-        while let Some(ack) = in_flight.next().await {
-            ack?;
+        let json = report.to_json();
+        let text = serde_json::to_string(&json).unwrap();
+        let back: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(back["scenarios"].as_array().unwrap().len(), 7);
+        assert!(back["environment"]["nats_server"].is_string());
+        assert!(back["pass"].is_boolean());
+        for s in back["scenarios"].as_array().unwrap() {
+            for c in s["checks"].as_array().unwrap() {
+                assert!(c["pass"].is_boolean() && c["target"].is_string(), "{c}");
+            }
         }
-        let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
-        diesel::sql_query(
-            "UPDATE jetstream_outbox_events SET status = 'sent', sent_at = now(), \
-               updated_at = now(), claimed_until = NULL WHERE id = ANY($1)",
-        )
-        .bind::<Array<BigInt>, _>(ids)
-        .execute(&mut *conn)
-        .await?;
     }
 }

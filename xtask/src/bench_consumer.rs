@@ -1,173 +1,33 @@
-//! `cargo xtask bench consumer`: consumer runtime throughput with the inbox (one transaction
-//! per event: inbox row + one business row, then ack) vs a naive raw async-nats pull +
-//! diesel-async loop doing the same work, in the same run.
+//! `bench consumer-inbox` and `bench consumer-no-inbox`: the consumer runtime vs a raw
+//! async-nats pull loop doing the same work at the same concurrency, in the same run.
+//!
+//! Every run starts from a stream preloaded with `--events` envelopes and ends when all were
+//! handled; the stream must then be empty (every message acked) and, with the inbox, the
+//! `effects` table must hold exactly one row per event.
 
-use std::future::IntoFuture;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context as _};
-use async_nats::jetstream;
-use diesel::sql_types::Text;
-use diesel_async::pooled_connection::deadpool::Pool;
-use diesel_async::pooled_connection::{
-    AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
+use anyhow::{anyhow, bail};
+use diesel::sql_types::{Array, Text};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use futures_util::TryStreamExt as _;
+use jetstream_bridge_config::{Config, Envelope};
+use jetstream_bridge_consumer::{
+    BatchHandler, Consumer, ConsumerHandle, Event, Handler, HandlerError,
 };
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
-use futures_util::stream::FuturesUnordered;
-use futures_util::StreamExt as _;
-use jetstream_bridge_config::{redact_url, Config, Envelope, MSG_ID_HEADER};
-use jetstream_bridge_consumer::{BatchHandler, Consumer, Event, Handler, HandlerError};
-use jetstream_bridge_topology::{bind_pull_consumer, ensure_topology, EnsureOptions, TopologySpec};
-use serde_json::json;
+use jetstream_bridge_topology::bind_pull_consumer;
 
-use super::{repeat, url_with_database, Args, Measurement};
+use super::bench_fixture::Fixture;
+use super::ScenarioReport;
+use super::{label, progress, repeat, Args, Check, Cmp, Counts, Measurement, Scenario};
 
-type PgPool = Pool<AsyncPgConnection>;
-
-struct Fixture {
-    config: Config,
-    spec: TopologySpec,
-    pool: PgPool,
-    js: jetstream::Context,
-    admin_url: String,
-    database: String,
-}
-
-impl Fixture {
-    async fn new(args: &Args) -> anyhow::Result<Self> {
-        let token = nuid::next().to_string().to_lowercase();
-        let database = format!("jb_bench_{token}");
-        println!(
-            "creating database {database} on {}",
-            redact_url(&args.database_url)
-        );
-        let mut admin = AsyncPgConnection::establish(&args.database_url)
-            .await
-            .context("connecting to PostgreSQL")?;
-        diesel::sql_query(format!("CREATE DATABASE \"{database}\""))
-            .execute(&mut admin)
-            .await?;
-        let url = url_with_database(&args.database_url, &database)?;
-        let mut conn = AsyncPgConnection::establish(&url).await?;
-        jetstream_bridge_inbox::migrations::run_pending(&mut conn).await?;
-        conn.batch_execute(
-            "CREATE TABLE effects (id bigserial PRIMARY KEY, event_id text NOT NULL); \
-             CREATE TABLE naive_seen (event_id text PRIMARY KEY)",
-        )
-        .await?;
-        drop(conn);
-        // Fast recycling: the default (Verified) costs a `SELECT 1` per checkout, which the
-        // runtime does once per message and the naive loop once per run.
-        let mut manager_config = ManagerConfig::default();
-        manager_config.recycling_method = RecyclingMethod::Fast;
-        let manager =
-            AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(url, manager_config);
-        let pool = Pool::builder(manager).max_size(10).build()?;
-        let env = format!("benchc{token}");
-        let config = Config::builder(env.as_str(), "orders", "billing")
-            .nats_urls(args.nats_url.as_str())
-            .stream_name(format!("jb_bench_{token}").as_str())
-            .use_inbox(true)
-            .batch_size(100)
-            .build()?;
-        println!("connecting to {}", redact_url(&args.nats_url));
-        let client = async_nats::connect(args.nats_url.as_str()).await?;
-        let js = jetstream::new(client);
-        let spec = TopologySpec::from_config(&config);
-        println!("provisioning stream {} and its durable", spec.stream_name());
-        ensure_topology(&js, &spec, &EnsureOptions::new()).await?;
-        Ok(Self {
-            config,
-            spec,
-            pool,
-            js,
-            admin_url: args.database_url.clone(),
-            database,
-        })
-    }
-
-    /// Empties the tables, then publishes `n` events (pipelined PubAcks) for the durable.
-    async fn load(&self, n: usize) -> anyhow::Result<()> {
-        let mut conn = self.pool.get().await?;
-        conn.batch_execute("TRUNCATE jetstream_inbox_events, effects, naive_seen")
-            .await?;
-        let subject = self.config.subjects().destination().as_str().to_owned();
-        let mut acks = FuturesUnordered::new();
-        for i in 0..n {
-            let envelope = Envelope::builder(
-                "order.placed",
-                json!({"id": i, "email": format!("customer{i}@example.com"),
-                       "amount_cents": 1999 + i % 10_000, "currency": "EUR"}),
-            )
-            .producer("billing")
-            .build()?;
-            let mut headers = async_nats::HeaderMap::new();
-            headers.insert(MSG_ID_HEADER, envelope.event_id.as_str());
-            acks.push(
-                self.js
-                    .publish_with_headers(subject.clone(), headers, envelope.to_vec().into())
-                    .await?
-                    .into_future(),
-            );
-            if acks.len() >= 1000 {
-                if let Some(ack) = acks.next().await {
-                    ack?;
-                }
-            }
-        }
-        while let Some(ack) = acks.next().await {
-            ack?;
-        }
-        Ok(())
-    }
-
-    async fn effects(&self) -> anyhow::Result<i64> {
-        #[derive(diesel::QueryableByName)]
-        struct N {
-            #[diesel(sql_type = diesel::sql_types::BigInt)]
-            n: i64,
-        }
-        let mut conn = self.pool.get().await?;
-        let n: N = diesel::sql_query("SELECT count(*) AS n FROM effects")
-            .get_result(&mut *conn)
-            .await?;
-        Ok(n.n)
-    }
-
-    /// Checks that every message was acked (acks are fire-and-forget: allow them 5 s).
-    async fn stream_empty(&self) -> anyhow::Result<()> {
-        self.js.client().flush().await?;
-        let mut stream = self.js.get_stream(self.spec.stream_name()).await?;
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let left = stream.info().await?.state.messages;
-            if left == 0 {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!("{left} messages left unacked in the stream");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    async fn teardown(self) -> anyhow::Result<()> {
-        println!(
-            "deleting streams {} / {} and database {}",
-            self.spec.stream_name(),
-            self.spec.dlq_stream_name(),
-            self.database
-        );
-        self.js.delete_stream(self.spec.stream_name()).await?;
-        let _ = self.js.delete_stream(self.spec.dlq_stream_name()).await;
-        self.pool.close();
-        let mut admin = AsyncPgConnection::establish(&self.admin_url).await?;
-        diesel::sql_query(format!("DROP DATABASE \"{}\" WITH (FORCE)", self.database))
-            .execute(&mut admin)
-            .await?;
-        Ok(())
-    }
-}
+/// Per-message concurrencies measured (each against the baseline at the same concurrency).
+const CONCURRENCY: [usize; 2] = [1, 8];
+/// Messages per pull request, runtime (`batch_size`) and baseline alike.
+const PULL: usize = 100;
+/// How long a pull request waits for messages (runtime `fetch_wait`, baseline `expires`).
+const FETCH_WAIT: Duration = Duration::from_millis(200);
 
 /// The benchmark handler: one business row per event, inside the inbox transaction.
 struct Insert;
@@ -187,7 +47,8 @@ impl Handler for Insert {
     }
 }
 
-/// The batch-mode handler: the same rows, one statement per event, one transaction per pull.
+/// The batch-mode handler: the same rows, written set-based (one statement per pull, as a
+/// batch handler would), in the one transaction per pull.
 struct InsertBatch;
 
 impl BatchHandler for InsertBatch {
@@ -197,158 +58,403 @@ impl BatchHandler for InsertBatch {
         conn: Option<&mut AsyncPgConnection>,
     ) -> Result<(), HandlerError> {
         let conn = conn.ok_or_else(|| HandlerError::permanent("inbox off"))?;
-        for event in events {
-            diesel::sql_query("INSERT INTO effects (event_id) VALUES ($1)")
-                .bind::<Text, _>(event.envelope.event_id.as_str())
-                .execute(conn)
-                .await?;
-        }
+        let ids: Vec<&str> = events
+            .iter()
+            .map(|e| e.envelope.event_id.as_str())
+            .collect();
+        diesel::sql_query("INSERT INTO effects (event_id) SELECT unnest($1::text[])")
+            .bind::<Array<Text>, _>(ids)
+            .execute(conn)
+            .await?;
         Ok(())
     }
 }
 
-pub(super) async fn consumer_scenario(args: &Args) -> anyhow::Result<Vec<Measurement>> {
-    let fx = Fixture::new(args).await?;
-    let result = measurements(args, &fx).await;
-    fx.teardown().await?;
-    result
+/// The inbox-less handler: parses nothing beyond what the runtime did, writes nothing.
+struct Noop;
+
+impl Handler for Noop {
+    async fn handle(
+        &self,
+        _event: &Event,
+        _conn: Option<&mut AsyncPgConnection>,
+    ) -> Result<(), HandlerError> {
+        Ok(())
+    }
 }
 
-async fn measurements(args: &Args, fx: &Fixture) -> anyhow::Result<Vec<Measurement>> {
-    let n = args.events;
-    let warm = n.min(1000);
-    println!("{n} events per run, 1 warm-up + {} runs each", args.repeats);
-    let runs = repeat(args.repeats, |warmup| async move {
-        let count = if warmup { warm } else { n };
-        let label = if warmup { " warm-up" } else { "" };
-        let base = naive_run(fx, count).await?;
-        println!("  baseline (naive loop){label}: {base:.0} events/s");
-        let one = consumer_run(fx, count, 1).await?;
-        println!("  Consumer, concurrency 1{label}: {one:.0} events/s");
-        let eight = consumer_run(fx, count, 8).await?;
-        println!("  Consumer, concurrency 8{label}: {eight:.0} events/s");
-        let batch = batch_run(fx, count).await?;
-        println!("  Consumer, batch mode{label}: {batch:.0} events/s");
-        Ok((base, one, eight, batch))
+/// Which runtime contender.
+#[derive(Clone, Copy)]
+enum Mode {
+    PerMessage(usize),
+    Batch,
+    NoInbox(usize),
+}
+
+/// Events per run of `consumer-inbox` (at most): one fsync'd commit per message makes
+/// concurrency 1 run at a few hundred messages per second.
+const INBOX_MAX: usize = 5000;
+
+pub(super) async fn with_inbox(args: &Args, fx: &Fixture) -> anyhow::Result<ScenarioReport> {
+    let n = args.events.min(INBOX_MAX);
+    let counts = Counts::default();
+    // Per repeat, per concurrency: [base, ours, base CPU, ours CPU]; then [batch, batch CPU].
+    let runs = repeat(args.repeat, |warmup| {
+        let counts = &counts;
+        async move {
+            let count = if warmup { n.min(1000) } else { n };
+            let l = label(warmup);
+            let mut row = Vec::new();
+            for c in CONCURRENCY {
+                let (base, base_cpu) = raw_run(fx, count, c, true, counts).await?;
+                progress!(
+                    "  raw pull + txn + ack, concurrency {c}{l}: {base:.0} msg/s, \
+                     {base_cpu:.1} µs CPU/msg"
+                );
+                let (ours, ours_cpu) = consumer_run(fx, count, Mode::PerMessage(c), counts).await?;
+                progress!(
+                    "  Consumer + inbox, concurrency {c}{l}: {ours:.0} msg/s, \
+                     {ours_cpu:.1} µs CPU/msg"
+                );
+                row.extend([base, ours, base_cpu, ours_cpu]);
+            }
+            let (batch, batch_cpu) = consumer_run(fx, count, Mode::Batch, counts).await?;
+            progress!(
+                "  Consumer + inbox, batch mode{l}: {batch:.0} msg/s, {batch_cpu:.1} µs CPU/msg"
+            );
+            row.extend([batch, batch_cpu]);
+            Ok(row)
+        }
     })
     .await?;
-    let col = |f: fn(&(f64, f64, f64, f64)) -> f64| runs.iter().map(f).collect::<Vec<f64>>();
-    let ratio = runs.iter().map(|r| r.1 / r.0).collect();
-    Ok(vec![
-        Measurement {
-            name: "naive loop (raw async-nats + diesel-async)".into(),
-            unit: "events/s",
-            samples: col(|r| r.0),
-        },
-        Measurement {
-            name: "Consumer + inbox, concurrency 1".into(),
-            unit: "events/s",
-            samples: col(|r| r.1),
-        },
-        Measurement {
-            name: "Consumer + inbox, concurrency 8".into(),
-            unit: "events/s",
-            samples: col(|r| r.2),
-        },
-        Measurement {
-            name: "Consumer + inbox, batch mode (100/pull)".into(),
-            unit: "events/s",
-            samples: col(|r| r.3),
-        },
-        Measurement {
-            name: "Consumer c=1 / naive (same run)".into(),
-            unit: "ratio",
-            samples: ratio,
-        },
-    ])
-}
-
-/// Publishes `count` events and drains them with a `Consumer`; events per second from spawn
-/// to the last ack.
-async fn consumer_run(fx: &Fixture, count: usize, concurrency: usize) -> anyhow::Result<f64> {
-    fx.load(count).await?;
-    let started = Instant::now();
-    let handle = Consumer::builder(fx.config.clone(), fx.js.clone(), Some(fx.pool.clone()))
-        .handler(Insert)
-        .concurrency(concurrency)
-        .fetch_wait(Duration::from_millis(200))
-        .build()?
-        .spawn();
-    handle.wait_for(|s| s.processed >= count as u64).await?;
-    let rate = count as f64 / started.elapsed().as_secs_f64();
-    handle.shutdown().await?;
-    if usize::try_from(fx.effects().await?)? != count {
-        bail!("expected {count} effects");
+    let col = |i: usize| runs.iter().map(|r| r[i]).collect::<Vec<f64>>();
+    let mut measurements = Vec::new();
+    let mut checks = Vec::new();
+    for (k, c) in CONCURRENCY.into_iter().enumerate() {
+        let base = Measurement::new(
+            format!("raw pull + txn/msg + ack, concurrency {c}"),
+            "msg/s",
+            col(4 * k),
+        );
+        let ours = Measurement::new(
+            format!("Consumer + inbox, concurrency {c}"),
+            "msg/s",
+            col(4 * k + 1),
+        );
+        let ratio = Measurement::ratio(
+            format!("Consumer c={c} / raw c={c}"),
+            &ours.samples,
+            &base.samples,
+        );
+        checks.push(Check::on(&ratio, Cmp::AtLeast, 0.7));
+        let base_cpu = Measurement::new(
+            format!("process CPU per message, raw c={c}"),
+            "µs",
+            col(4 * k + 2),
+        );
+        let ours_cpu = Measurement::new(
+            format!("process CPU per message, Consumer c={c}"),
+            "µs",
+            col(4 * k + 3),
+        );
+        measurements.extend([base, ours, ratio, base_cpu, ours_cpu]);
     }
-    fx.stream_empty().await?;
-    Ok(rate)
+    let at = 4 * CONCURRENCY.len();
+    let batch = Measurement::new(
+        format!("Consumer + inbox, batch mode ({PULL}/pull)"),
+        "msg/s",
+        col(at),
+    );
+    let batch_cpu = Measurement::new("process CPU per message, batch mode", "µs", col(at + 1));
+    let batch_ratio = Measurement::ratio("batch mode / raw c=1", &batch.samples, &col(0));
+    checks.push(Check::on(&batch_ratio, Cmp::AtLeast, 0.7));
+    checks.push(Check::on(&batch, Cmp::AtLeast, 10_000.0));
+    measurements.extend([batch, batch_ratio, batch_cpu]);
+    Ok(ScenarioReport {
+        scenario: Scenario::ConsumerInbox,
+        events: n,
+        runs: args.repeat,
+        measurements,
+        checks,
+        counts: counts.into_vec(),
+        notes: vec![format!(
+            "every message: inbox/dedupe row + one business row in one transaction, then ack; \
+             raw: pull {PULL} (expires {FETCH_WAIT:?}), INSERT … ON CONFLICT DO NOTHING + the \
+             business row per message; batch mode: concurrency 1, one transaction per pull, effects \
+             written with one INSERT … unnest per pull"
+        )],
+    })
 }
 
-/// As [`consumer_run`] with the batch handler (one transaction per pull of 100).
-async fn batch_run(fx: &Fixture, count: usize) -> anyhow::Result<f64> {
-    fx.load(count).await?;
-    let started = Instant::now();
-    let handle = Consumer::builder(fx.config.clone(), fx.js.clone(), Some(fx.pool.clone()))
-        .batch_handler(InsertBatch)
-        .fetch_wait(Duration::from_millis(200))
-        .build()?
-        .spawn();
-    handle.wait_for(|s| s.processed >= count as u64).await?;
-    let rate = count as f64 / started.elapsed().as_secs_f64();
-    handle.shutdown().await?;
-    if usize::try_from(fx.effects().await?)? != count {
-        bail!("expected {count} effects");
+pub(super) async fn without_inbox(args: &Args, fx: &Fixture) -> anyhow::Result<ScenarioReport> {
+    let n = args.events;
+    let counts = Counts::default();
+    let runs = repeat(args.repeat, |warmup| {
+        let counts = &counts;
+        async move {
+            let count = if warmup { args.warm_events() } else { n };
+            let l = label(warmup);
+            let mut row = Vec::new();
+            for c in CONCURRENCY {
+                let (base, base_cpu) = raw_run(fx, count, c, false, counts).await?;
+                progress!(
+                    "  raw pull + ack, concurrency {c}{l}: {base:.0} msg/s, \
+                     {base_cpu:.1} µs CPU/msg"
+                );
+                let (ours, ours_cpu) = consumer_run(fx, count, Mode::NoInbox(c), counts).await?;
+                progress!(
+                    "  Consumer, no inbox, concurrency {c}{l}: {ours:.0} msg/s, \
+                     {ours_cpu:.1} µs CPU/msg"
+                );
+                row.extend([base, ours, base_cpu, ours_cpu]);
+            }
+            Ok(row)
+        }
+    })
+    .await?;
+    let col = |i: usize| runs.iter().map(|r| r[i]).collect::<Vec<f64>>();
+    let mut measurements = Vec::new();
+    let mut checks = Vec::new();
+    for (k, c) in CONCURRENCY.into_iter().enumerate() {
+        let base = Measurement::new(
+            format!("raw pull + ack, concurrency {c}"),
+            "msg/s",
+            col(4 * k),
+        );
+        let ours = Measurement::new(
+            format!("Consumer, no inbox, concurrency {c}"),
+            "msg/s",
+            col(4 * k + 1),
+        );
+        let ratio = Measurement::ratio(
+            format!("Consumer c={c} / raw c={c} (no inbox)"),
+            &ours.samples,
+            &base.samples,
+        );
+        checks.push(Check::on(&ratio, Cmp::AtLeast, 0.8));
+        let base_cpu = Measurement::new(
+            format!("process CPU per message, raw c={c}"),
+            "µs",
+            col(4 * k + 2),
+        );
+        let ours_cpu = Measurement::new(
+            format!("process CPU per message, Consumer c={c}"),
+            "µs",
+            col(4 * k + 3),
+        );
+        measurements.extend([base, ours, ratio, base_cpu, ours_cpu]);
     }
-    fx.stream_empty().await?;
-    Ok(rate)
+    Ok(ScenarioReport {
+        scenario: Scenario::ConsumerNoInbox,
+        events: n,
+        runs: args.repeat,
+        measurements,
+        checks,
+        counts: counts.into_vec(),
+        notes: vec![
+            "handler does nothing; raw: pull, parse the envelope, ack (fire-and-forget, as the runtime)".into(),
+        ],
+    })
 }
 
-/// The baseline: a competent hand-written loop. Pull 100, per message one transaction with a
-/// dedupe insert and the business row, then ack.
-async fn naive_run(fx: &Fixture, count: usize) -> anyhow::Result<f64> {
-    fx.load(count).await?;
+/// Checks that every message was acked and (with the inbox) applied exactly once.
+async fn account(
+    fx: &Fixture,
+    who: &str,
+    count: usize,
+    inbox: bool,
+    counts: &Counts,
+) -> anyhow::Result<()> {
+    let left = fx.drained().await?;
+    counts.record(
+        &format!("{who}: acked"),
+        count,
+        u64::try_from(count)?.saturating_sub(left),
+    )?;
+    if inbox {
+        counts.record(
+            &format!("{who}: effects"),
+            count,
+            fx.count("effects").await?,
+        )?;
+    }
+    fx.quiesce().await
+}
+
+/// Preloads `count` events and drains them with a `Consumer`; messages per second from spawn
+/// to the last one processed.
+async fn consumer_run(
+    fx: &Fixture,
+    count: usize,
+    mode: Mode,
+    counts: &Counts,
+) -> anyhow::Result<(f64, f64)> {
+    fx.preload(count).await?;
+    let builder = |config: &Config, inbox: bool| {
+        Consumer::builder(
+            config.clone(),
+            fx.js.clone(),
+            inbox.then(|| fx.pool.clone()),
+        )
+        .fetch_wait(FETCH_WAIT)
+    };
+    let cpu = cpu_seconds()?;
+    let started = Instant::now();
+    let handle = match mode {
+        Mode::PerMessage(c) => builder(&fx.consumer, true)
+            .handler(Insert)
+            .concurrency(c)
+            .build()?
+            .spawn(),
+        Mode::Batch => builder(&fx.consumer, true)
+            .batch_handler(InsertBatch)
+            .concurrency(1)
+            .build()?
+            .spawn(),
+        Mode::NoInbox(c) => builder(&fx.consumer_no_inbox, false)
+            .handler(Noop)
+            .concurrency(c)
+            .build()?
+            .spawn(),
+    };
+    let waited = until_processed(&handle, count).await;
+    let rate = count as f64 / started.elapsed().as_secs_f64();
+    let cpu = (cpu_seconds()? - cpu) * 1e6 / count as f64;
+    let report = handle.shutdown().await?;
+    waited?;
+    let (who, inbox) = match mode {
+        Mode::PerMessage(c) => (format!("Consumer + inbox c={c}"), true),
+        Mode::Batch => ("Consumer + inbox, batch".to_owned(), true),
+        Mode::NoInbox(c) => (format!("Consumer, no inbox c={c}"), false),
+    };
+    counts.record(&format!("{who}: processed"), count, report.stats.processed)?;
+    account(fx, &who, count, inbox, counts).await?;
+    Ok((rate, cpu))
+}
+
+/// CPU time (user + system) this process used so far, in seconds, from `/proc/self/stat`
+/// (clock ticks of 1/100 s, Linux's fixed `USER_HZ`). It covers every thread: the NATS and
+/// PostgreSQL client tasks too, alike for both contenders.
+fn cpu_seconds() -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat")
+        .map_err(|e| anyhow!("reading /proc/self/stat (Linux only): {e}"))?;
+    // Fields after the parenthesized command name; utime and stime are fields 14 and 15.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .ok_or_else(|| anyhow!("unexpected /proc/self/stat format"))?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let tick = |i: usize| -> anyhow::Result<f64> {
+        let v = fields
+            .get(i)
+            .ok_or_else(|| anyhow!("unexpected /proc/self/stat format"))?;
+        Ok(v.parse::<u64>()? as f64 / 100.0)
+    };
+    // `rest` starts at field 3 (state), so field n is at index n - 3.
+    Ok(tick(14 - 3)? + tick(15 - 3)?)
+}
+
+/// Waits until the runtime processed `count` messages, checking its counters every
+/// millisecond rather than awaiting every change: `wait_for` would wake this task on each of
+/// the several counter updates per message and slow the runtime it measures.
+async fn until_processed(handle: &ConsumerHandle, count: usize) -> anyhow::Result<()> {
+    let count = u64::try_from(count)?;
+    let stats = handle.stats();
+    let mut last = (0, Instant::now());
+    loop {
+        let processed = stats.borrow().processed;
+        if processed >= count {
+            return Ok(());
+        }
+        if processed != last.0 {
+            last = (processed, Instant::now());
+        } else if last.1.elapsed() > Duration::from_secs(30) {
+            bail!("the consumer stalled at {processed} of {count} messages for 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// The baseline: a competent hand-written loop. Pull up to [`PULL`] messages, handle them with
+/// up to `concurrency` at once — with the inbox: a pooled connection, one transaction with
+/// `INSERT … ON CONFLICT DO NOTHING` into a dedupe table and (when new) the business row —
+/// ack each, pull again.
+async fn raw_run(
+    fx: &Fixture,
+    count: usize,
+    concurrency: usize,
+    inbox: bool,
+    counts: &Counts,
+) -> anyhow::Result<(f64, f64)> {
+    fx.preload(count).await?;
     let consumer = bind_pull_consumer(
         &fx.js,
         fx.spec.stream_name(),
-        fx.config.durable_name().as_str(),
+        fx.consumer.durable_name().as_str(),
     )?;
+    let done = AtomicU64::new(0);
+    let cpu = cpu_seconds()?;
     let started = Instant::now();
-    let mut done = 0usize;
-    let mut conn = fx.pool.get().await?;
-    while done < count {
-        let mut batch = consumer
+    let mut remaining = count;
+    let mut progress_at = Instant::now();
+    while remaining > 0 {
+        let batch = consumer
             .batch()
-            .max_messages(100)
-            .expires(Duration::from_millis(200))
+            .max_messages(remaining.min(PULL))
+            .expires(FETCH_WAIT)
             .messages()
             .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        while let Some(message) = batch.next().await {
-            let message = message.map_err(|e| anyhow::anyhow!("{e}"))?;
-            let envelope = Envelope::from_slice(&message.payload)?;
-            let id = envelope.event_id.as_str().to_owned();
-            conn.transaction::<(), diesel::result::Error, _>(async |conn| {
-                let fresh = diesel::sql_query(
-                    "INSERT INTO naive_seen (event_id) VALUES ($1) ON CONFLICT DO NOTHING",
-                )
-                .bind::<Text, _>(&id)
-                .execute(conn)
-                .await?;
-                if fresh == 1 {
-                    diesel::sql_query("INSERT INTO effects (event_id) VALUES ($1)")
-                        .bind::<Text, _>(&id)
-                        .execute(conn)
+            .map_err(|e| anyhow!("pull request: {e}"))?;
+        let before = AtomicU64::load(&done, Ordering::Relaxed);
+        batch
+            .map_err(|e| anyhow!("pull: {e}"))
+            .try_for_each_concurrent(concurrency, |message| {
+                let done = &done;
+                async move {
+                    let envelope = Envelope::from_slice(&message.payload)?;
+                    if inbox {
+                        let id = envelope.event_id.as_str();
+                        let mut conn = fx.pool.get().await?;
+                        conn.transaction::<(), diesel::result::Error, _>(async |conn| {
+                            let fresh = diesel::sql_query(
+                                "INSERT INTO naive_seen (event_id) VALUES ($1) \
+                                 ON CONFLICT DO NOTHING",
+                            )
+                            .bind::<Text, _>(id)
+                            .execute(conn)
+                            .await?;
+                            if fresh == 1 {
+                                diesel::sql_query("INSERT INTO effects (event_id) VALUES ($1)")
+                                    .bind::<Text, _>(id)
+                                    .execute(conn)
+                                    .await?;
+                            }
+                            Ok(())
+                        })
                         .await?;
+                    }
+                    message.ack().await.map_err(|e| anyhow!("ack: {e}"))?;
+                    done.fetch_add(1, Ordering::Relaxed);
+                    Ok(())
                 }
-                Ok(())
             })
             .await?;
-            message.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
-            done += 1;
+        let got = usize::try_from(AtomicU64::load(&done, Ordering::Relaxed) - before)?;
+        remaining = remaining.saturating_sub(got);
+        if got > 0 {
+            progress_at = Instant::now();
+        } else if progress_at.elapsed() > Duration::from_secs(30) {
+            bail!("the raw loop received nothing for 30 s with {remaining} messages to go");
         }
     }
     let rate = count as f64 / started.elapsed().as_secs_f64();
-    drop(conn);
-    fx.stream_empty().await?;
-    Ok(rate)
+    let cpu = (cpu_seconds()? - cpu) * 1e6 / count as f64;
+    let who = if inbox {
+        format!("raw + txn c={concurrency}")
+    } else {
+        format!("raw c={concurrency}")
+    };
+    counts.record(&format!("{who}: processed"), count, done.into_inner())?;
+    account(fx, &who, count, inbox, counts).await?;
+    Ok((rate, cpu))
 }

@@ -26,8 +26,9 @@ enum Command {
     Migrate(migrate::Args),
     /// Delete `sent` outbox rows older than `--older-than` (default 7d) in bounded batches.
     OutboxRetention(migrate::RetentionArgs),
-    /// Benchmark against raw async-nats / raw Postgres measured in the same run
-    /// (`bench relay`, `bench consumer`; run with `cargo run --release -p xtask -- bench ...` for real figures).
+    /// Benchmark every scenario (or the named ones) against raw async-nats / raw Postgres
+    /// measured in the same run, with PASS/FAIL per target; run with
+    /// `cargo run --release -p xtask -- bench ...` for real figures.
     Bench(bench::Args),
     /// Create or verify the stream, DLQ stream and durable consumer of one service (idempotent;
     /// `--dry-run` prints the plan and changes nothing; exits non-zero on overlaps, drift,
