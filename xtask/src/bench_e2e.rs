@@ -132,7 +132,7 @@ pub(super) async fn e2e(args: &Args, fx: &Fixture) -> anyhow::Result<ScenarioRep
 async fn run(fx: &Fixture, n: usize, counts: &Counts) -> anyhow::Result<Latency> {
     fx.reset().await?;
     let relay = Relay::builder(&fx.producer, fx.js.clone(), fx.pool.clone())
-        .build()
+        .build()?
         .spawn();
     let handled: Seen = Arc::default();
     // Default fetch wait (5 s): see the note in the report.

@@ -78,7 +78,7 @@ pub(super) async fn memory(args: &Args, fx: &Fixture) -> anyhow::Result<Scenario
     });
     let started = Instant::now();
     let relay = Relay::builder(&fx.producer, fx.js.clone(), fx.pool.clone())
-        .build()
+        .build()?
         .spawn();
     let consumer = Consumer::builder(fx.consumer.clone(), fx.js.clone(), Some(fx.pool.clone()))
         .handler(Noop)

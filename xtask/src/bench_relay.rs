@@ -86,7 +86,7 @@ async fn relay_run(fx: &Fixture, count: usize, counts: &Counts) -> anyhow::Resul
     fx.enqueue(count).await?;
     let started = Instant::now();
     let handle = Relay::builder(&fx.producer, fx.js.clone(), fx.pool.clone())
-        .build()
+        .build()?
         .spawn();
     let mut stats = handle.stats();
     let waited = stats.wait_for(|s| s.sent >= count as u64).await.map(|_| ());

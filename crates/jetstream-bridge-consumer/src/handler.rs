@@ -127,6 +127,10 @@ pub trait Handler: Send + Sync + 'static {
 /// handler therefore sees an event at most twice per delivery (in the batch, then alone) and
 /// must not have effects outside `conn`. Middleware wraps only these one-by-one calls.
 ///
+/// With the inbox **off** (`conn` is `None`) nothing rolls back: effects applied before the
+/// batch failed stay, and the fallback runs every event of the batch again. Make the handler
+/// idempotent per event then (as redeliveries require anyway without the inbox).
+///
 /// # Examples
 ///
 /// ```

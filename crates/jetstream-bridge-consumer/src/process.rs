@@ -259,9 +259,21 @@ impl<H: Handler> Shared<H> {
             Ok(recorded) => self.ack_all(&refs, &recorded).await,
             Err(e) => {
                 warn!(error = %e, events = refs.len(), "batch failed; processing its events one by one");
-                for message in refs {
-                    self.process(message).await;
-                }
+                // The messages still waiting for their turn get in-progress acks on one ticker
+                // across the whole fallback (the one being processed gets its own), so a long
+                // fallback does not let them pass `ack_wait` and be redelivered meanwhile.
+                let started = std::sync::atomic::AtomicUsize::new(0);
+                let fallback = async {
+                    for (i, message) in refs.iter().enumerate() {
+                        started.store(i + 1, Ordering::Relaxed);
+                        self.process(message).await;
+                    }
+                };
+                let waiting = || {
+                    let from = started.load(Ordering::Relaxed).min(refs.len());
+                    &refs[from..]
+                };
+                self.with_progress_of(waiting, fallback).await;
             }
         }
     }
@@ -325,6 +337,16 @@ impl<H: Handler> Shared<H> {
         messages: &[&Message],
         work: impl std::future::Future<Output = T>,
     ) -> T {
+        self.with_progress_of(|| messages, work).await
+    }
+
+    /// [`with_progress`](Self::with_progress) for a set of messages that changes while `work`
+    /// runs (`messages()` is read at every tick).
+    async fn with_progress_of<'m, T>(
+        &self,
+        messages: impl Fn() -> &'m [&'m Message],
+        work: impl std::future::Future<Output = T>,
+    ) -> T {
         let mut work = std::pin::pin!(work);
         let Some(every) = self.progress_interval else {
             return work.await;
@@ -335,7 +357,7 @@ impl<H: Handler> Shared<H> {
                 biased;
                 out = &mut work => return out,
                 _ = ticker.tick() => {
-                    for message in messages {
+                    for message in messages() {
                         if message.ack_with(AckKind::Progress).await.is_ok() {
                             self.stats.send_modify(|s| s.progress_acks += 1);
                         }

@@ -68,8 +68,17 @@ impl InboxEntry {
         deliveries: u32,
     ) -> Self {
         self.subject = Some(subject.into());
-        self.stream = Some(stream.into());
-        self.stream_seq = Some(stream_seq);
+        let stream = stream.into();
+        // No stream position known (message metadata unavailable: empty stream name or
+        // sequence 0, which JetStream never assigns): store NULL for both, so such entries
+        // never collide on the unique `(stream, stream_seq)` index.
+        if stream.is_empty() || stream_seq == 0 {
+            self.stream = None;
+            self.stream_seq = None;
+        } else {
+            self.stream = Some(stream);
+            self.stream_seq = Some(stream_seq);
+        }
         self.deliveries = Some(deliveries);
         self
     }
@@ -283,6 +292,7 @@ impl Inbox {
              ORDER BY u.ord \
              ON CONFLICT (event_id) DO UPDATE SET \
                status = 'processed', \
+               error_message = NULL, \
                processing_attempts = i.processing_attempts + 1, \
                deliveries = EXCLUDED.deliveries, \
                subject = coalesce(EXCLUDED.subject, i.subject), \
@@ -363,6 +373,8 @@ impl Inbox {
                $10, '{status}', 1, {processed_at}) \
              ON CONFLICT (event_id) DO UPDATE SET \
                status = '{status}', \
+               error_message = CASE WHEN '{status}' = 'processed' THEN NULL \
+                                    ELSE i.error_message END, \
                processing_attempts = i.processing_attempts + 1, \
                deliveries = EXCLUDED.deliveries, \
                subject = coalesce(EXCLUDED.subject, i.subject), \
@@ -559,5 +571,21 @@ mod tests {
         assert_eq!(entry.stream_seq_i64().unwrap(), Some(42));
         assert_eq!(entry.deliveries_i32(), Some(2));
         assert_eq!(InboxStatus::Processed.as_str(), "processed");
+    }
+
+    /// Without message metadata (empty stream, sequence 0) the position is NULL, not `("", 0)`,
+    /// so two such entries cannot collide on the `(stream, stream_seq)` unique index.
+    #[test]
+    fn unknown_stream_position_is_null() {
+        let envelope = Envelope::builder("user.created", serde_json::json!({"id": 7}))
+            .producer("a")
+            .build()
+            .unwrap();
+        for (stream, seq) in [("", 0), ("", 5), ("s", 0)] {
+            let entry =
+                InboxEntry::from_envelope(&envelope).with_message("a.sync.b", stream, seq, 1);
+            assert_eq!((entry.stream.as_deref(), entry.stream_seq), (None, None));
+            assert_eq!(entry.subject.as_deref(), Some("a.sync.b"));
+        }
     }
 }

@@ -13,7 +13,7 @@
 //! the row claimed; its lease expires and a relay publishes it again, which JetStream drops as
 //! a duplicate within the stream's duplicate window.
 //!
-//! Every claim writes a fresh token (`<relay id>#<claim number>`) into `claimed_by`, and every
+//! Every claim writes a fresh token (`<relay id>#<instance nonce>-<claim number>`) into `claimed_by`, and every
 //! later statement about the claimed rows (renew, mark sent, mark failed, release) is fenced by
 //! `claimed_by = token AND status = 'publishing'`: a relay whose lease expired and whose rows
 //! another relay took over changes nothing.
@@ -74,7 +74,7 @@ pub struct RelayStats {
 pub type RelayReport = RelayStats;
 
 /// Builds a [`Relay`]; see [`Relay::builder`] for the defaults.
-#[must_use = "call `.try_build()` or `.build()` to get the relay"]
+#[must_use = "call `.build()` to get the relay"]
 pub struct RelayBuilder {
     jetstream: Context,
     pool: PgPool,
@@ -121,6 +121,12 @@ impl Settings {
             !self.relay_id.is_empty() && !self.relay_id.contains('\0'),
             "relay_id must be non-empty and free of NUL",
         );
+        // Upper bounds: PostgreSQL intervals and `Instant` arithmetic stay far from overflow.
+        check(self.lease <= MAX_SETTING, "lease must be at most 1 day");
+        check(
+            self.poll_interval <= MAX_SETTING,
+            "poll_interval must be at most 1 day",
+        );
         for (name, b) in [
             ("retry_backoff", self.retry),
             ("outage_backoff", self.outage),
@@ -128,31 +134,11 @@ impl Settings {
             if b.base.is_zero() || b.base > b.max {
                 problems.push(format!("{name} base must be above zero and at most max"));
             }
+            if b.max > MAX_SETTING {
+                problems.push(format!("{name} max must be at most 1 day"));
+            }
         }
         problems
-    }
-
-    /// The nearest valid settings ([`RelayBuilder::build`]).
-    fn clamped(mut self) -> Self {
-        self.batch_size = self
-            .batch_size
-            .clamp(1, usize::try_from(i64::MAX).unwrap_or(usize::MAX));
-        self.max_in_flight = self.max_in_flight.max(1);
-        if self.lease.is_zero() {
-            self.lease = Duration::from_secs(1);
-        }
-        self.max_attempts = self.max_attempts.max(1);
-        if self.poll_interval.is_zero() {
-            self.poll_interval = Duration::from_millis(10);
-        }
-        for b in [&mut self.retry, &mut self.outage] {
-            b.base = b.base.max(Duration::from_millis(1));
-            b.max = b.max.max(b.base);
-        }
-        if self.relay_id.is_empty() || self.relay_id.contains('\0') {
-            self.relay_id = format!("relay-{}", uuid::Uuid::now_v7());
-        }
-        self
     }
 }
 
@@ -258,8 +244,9 @@ impl RelayBuilder {
     ///
     /// [`InvalidSettings`](OutboxErrorKind::InvalidSettings), listing every problem: a zero
     /// `batch_size`, `max_in_flight`, `lease`, `max_attempts` or `poll_interval`, a back-off
-    /// whose base is zero or above its maximum, an empty relay id.
-    pub fn try_build(self) -> Result<Relay> {
+    /// whose base is zero or above its maximum, a lease, poll interval or back-off maximum
+    /// above one day, an empty relay id.
+    pub fn build(self) -> Result<Relay> {
         let problems = self.settings.problems();
         if !problems.is_empty() {
             return Err(OutboxError::with_source(
@@ -270,19 +257,6 @@ impl RelayBuilder {
         Ok(self.finish())
     }
 
-    /// Builds the relay, replacing out-of-range settings by the nearest valid ones (counts 0
-    /// → 1, a zero lease → 1 s, a zero poll interval → 10 ms, a zero back-off base → 1 ms and a
-    /// maximum below it → the base, an empty relay id → a generated one). Prefer
-    /// [`try_build`](Self::try_build), which reports them.
-    pub fn build(mut self) -> Relay {
-        let problems = self.settings.problems();
-        if !problems.is_empty() {
-            tracing::warn!(problems = %problems.join("; "), "outbox relay: settings clamped");
-            self.settings = self.settings.clamped();
-        }
-        self.finish()
-    }
-
     fn finish(self) -> Relay {
         Relay {
             inner: Arc::new(Inner {
@@ -290,6 +264,7 @@ impl RelayBuilder {
                 pool: self.pool,
                 settings: self.settings,
                 claims: AtomicU64::new(0),
+                nonce: rand::random::<u32>(),
                 muted: std::sync::Mutex::default(),
             }),
         }
@@ -309,7 +284,7 @@ impl RelayBuilder {
 /// # ) -> Result<(), jetstream_bridge_outbox::OutboxError> {
 /// use jetstream_bridge_outbox::Relay;
 ///
-/// let relay = Relay::builder(&config, jetstream, pool).batch_size(500).try_build()?;
+/// let relay = Relay::builder(&config, jetstream, pool).batch_size(500).build()?;
 /// let handle = relay.spawn();
 /// // ... later, on SIGTERM:
 /// let report = handle.shutdown().await?;
@@ -328,9 +303,18 @@ struct Inner {
     settings: Settings,
     /// Claims made so far: the claim number in the claim token.
     claims: AtomicU64,
+    /// Random per relay instance, in the claim token: a fixed `relay_id` (a pod name) reused by
+    /// a replacement process never repeats the tokens of a stalled predecessor.
+    nonce: u32,
     /// Subjects that answered "no responders", left out of claims until their back-off ends.
     muted: std::sync::Mutex<HashMap<String, Mute>>,
 }
+
+/// At most this many subjects are muted at once (see `Inner::mute`).
+const MAX_MUTED_SUBJECTS: usize = 1024;
+
+/// Upper bound of the lease, the poll interval and back-off maxima.
+const MAX_SETTING: Duration = Duration::from_secs(86_400);
 
 /// The back-off of a subject without responders.
 #[derive(Debug, Clone, Copy)]
@@ -438,7 +422,7 @@ impl RelayStats {
 
 /// Rows claimed by one claim statement.
 struct Batch {
-    /// `claimed_by` of these rows: `<relay id>#<claim number>`; fences every later statement.
+    /// `claimed_by` of these rows: `<relay id>#<instance nonce>-<claim number>`; fences every later statement.
     token: String,
     /// Taken just before the claim (or the last renewal) was sent: the lease runs out no
     /// earlier than `claimed_at + lease`.
@@ -452,7 +436,7 @@ SET status = 'publishing', claimed_until = now() + make_interval(secs => $1), \
     claimed_by = $2, updated_at = now() \
 FROM (SELECT id FROM jetstream_outbox_events \
       WHERE status IN ('pending', 'publishing') \
-        AND (status = 'pending' OR claimed_until < now()) \
+        AND (status = 'pending' OR claimed_until IS NULL OR claimed_until < now()) \
         AND next_attempt_at <= now() \
         AND subject <> ALL($4) \
       ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED) c \
@@ -469,7 +453,7 @@ FROM (SELECT id FROM jetstream_outbox_events \
       WHERE id IN (SELECT DISTINCT ON (ordering_key) id FROM jetstream_outbox_events \
                    WHERE status IN ('pending', 'publishing') ORDER BY ordering_key, id) \
         AND status IN ('pending', 'publishing') \
-        AND (status = 'pending' OR claimed_until < now()) \
+        AND (status = 'pending' OR claimed_until IS NULL OR claimed_until < now()) \
         AND next_attempt_at <= now() \
         AND subject <> ALL($4) \
       ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED) c \
@@ -712,9 +696,16 @@ impl Inner {
                     }
                 }
             };
-            // Nothing to publish now: finish the bookkeeping before waiting.
+            // Nothing to publish now: finish the bookkeeping before waiting. If there was some,
+            // claim again at once instead of waiting: in ordered mode the claim just made could
+            // not take the next event of a key whose previous event was still `publishing`
+            // (and no NOTIFY comes for rows committed long ago).
             if let Some(p) = unrecorded.take() {
                 current.add(&self.record(p).await);
+                if pause.is_none() {
+                    publish(current);
+                    continue;
+                }
             }
             publish(current);
             let wait = pause.unwrap_or(self.settings.poll_interval);
@@ -743,10 +734,15 @@ impl Inner {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Subjects whose "no responders" back-off has not ended yet.
+    /// Subjects whose "no responders" back-off has not ended yet. Entries idle for longer
+    /// than the outage back-off maximum are forgotten (their subject was published elsewhere,
+    /// or its rows are gone), so the map only holds subjects with a recent outage.
     fn muted_subjects(&self) -> Vec<String> {
         let now = Instant::now();
-        self.muted_map()
+        let forget_after = self.settings.outage.max;
+        let mut muted = self.muted_map();
+        muted.retain(|_, m| now.saturating_duration_since(m.until) <= forget_after);
+        muted
             .iter()
             .filter(|(_, m)| m.until > now)
             .map(|(subject, _)| subject.clone())
@@ -758,13 +754,25 @@ impl Inner {
     fn mute(&self, subject: &str) {
         let now = Instant::now();
         let mut muted = self.muted_map();
+        if muted.len() >= MAX_MUTED_SUBJECTS && !muted.contains_key(subject) {
+            // Bounded: forget the subject whose back-off ends first.
+            if let Some(oldest) = muted
+                .iter()
+                .min_by_key(|(_, m)| m.until)
+                .map(|(s, _)| s.clone())
+            {
+                muted.remove(&oldest);
+            }
+        }
         let entry = muted.entry(subject.to_owned()).or_insert(Mute {
             until: now,
             streak: 0,
         });
         if entry.until <= now {
             entry.streak = entry.streak.saturating_add(1);
-            entry.until = now + self.settings.outage.delay(entry.streak);
+            entry.until = now
+                .checked_add(self.settings.outage.delay(entry.streak))
+                .unwrap_or(now);
         }
     }
 
@@ -783,7 +791,7 @@ impl Inner {
     /// Claims up to `batch_size` rows under a fresh claim token.
     async fn claim(&self) -> Result<Batch> {
         let number = self.claims.fetch_add(1, Ordering::Relaxed);
-        let token = format!("{}#{number}", self.settings.relay_id);
+        let token = format!("{}#{:08x}-{number}", self.settings.relay_id, self.nonce);
         let claimed_at = Instant::now();
         let mut conn = self.conn().await?;
         let lease = self.settings.lease.as_secs_f64();
@@ -1306,7 +1314,7 @@ mod tests {
         let relay = |id: &str| {
             Relay::builder(&config, t.jetstream().clone(), db.pool().clone())
                 .relay_id(id)
-                .try_build()
+                .build()
                 .unwrap()
         };
         let (a, b) = (relay("relay-a"), relay("relay-b"));
@@ -1390,7 +1398,7 @@ mod tests {
             .unwrap();
         let relay = Relay::builder(&config, t.jetstream().clone(), db.pool().clone())
             .lease(Duration::from_secs(600))
-            .try_build()
+            .build()
             .unwrap();
         let mut batch = relay.inner.claim().await.unwrap();
         diesel::sql_query(

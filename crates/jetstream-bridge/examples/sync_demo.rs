@@ -191,7 +191,7 @@ async fn exchange(
 
     // --- both services start their workers ---------------------------------------------------
     let relay = Relay::builder(orders_config, orders_nats.jetstream(), orders_pool.clone())
-        .build()
+        .build()?
         .spawn();
     let consumer = Consumer::builder(
         billing_config.clone(),

@@ -57,7 +57,7 @@ async fn outbox_lag_drives_readiness() {
     assert_eq!(m["jetstream_outbox_pending"], 2.0);
     assert!(m["jetstream_outbox_oldest_pending_age_seconds"] >= 3600.0);
 
-    let relay = relay_builder.build().spawn();
+    let relay = relay_builder.build().unwrap().spawn();
     let health = env
         .health()
         .pool(env.db.pool().clone())

@@ -105,6 +105,36 @@ async fn failure_outside_the_rolled_back_transaction() {
         (r.status.as_str(), r.processing_attempts),
         ("processing", 2)
     );
+    assert_eq!(
+        r.error_message.as_deref(),
+        Some("boom"),
+        "kept while retrying"
+    );
+    // A successful attempt clears the last error, on the per-message path and the batch path.
+    inbox
+        .record_failure(&mut conn, &e, "boom again")
+        .await
+        .unwrap();
+    assert_eq!(
+        inbox
+            .record_processed_batch(&mut conn, std::slice::from_ref(&e))
+            .await
+            .unwrap(),
+        vec![Recorded::New]
+    );
+    let r = row(&db, &e.event_id).await.unwrap();
+    assert_eq!((r.status.as_str(), r.error_message), ("processed", None));
+    let single = entry(3);
+    inbox
+        .record_failure(&mut conn, &single, "boom")
+        .await
+        .unwrap();
+    assert_eq!(
+        inbox.record_processed(&mut conn, &single).await.unwrap(),
+        Recorded::New
+    );
+    let r = row(&db, &single.event_id).await.unwrap();
+    assert_eq!((r.status.as_str(), r.error_message), ("processed", None));
     drop(conn);
     db.teardown().await;
 }

@@ -15,7 +15,7 @@ use crate::{stream_ids, stream_len, wait_sent, Env};
 #[tokio::test(flavor = "multi_thread")]
 async fn rollback_publishes_nothing_commit_publishes_exactly_one() {
     let env = Env::new().await;
-    let relay = env.relay().build().spawn();
+    let relay = env.relay().build().unwrap().spawn();
     let mut conn = env.db.conn().await;
     let outbox = env.outbox.clone();
     let rolled_back = conn
@@ -141,7 +141,7 @@ async fn stored_shape_and_published_headers() {
     assert_eq!(shape.ordering_key, "user:u-1");
     assert_eq!(shape.status, "pending");
 
-    let relay = env.relay().build().spawn();
+    let relay = env.relay().build().unwrap().spawn();
     wait_sent(&[&relay], 1).await;
     relay.shutdown().await.unwrap();
     let stream = env.stream.clone();
@@ -486,7 +486,7 @@ async fn the_current_trace_is_captured_at_enqueue_and_relayed() {
         .unwrap();
     drop(conn);
 
-    let relay = env.relay().build().spawn();
+    let relay = env.relay().build().unwrap().spawn();
     wait_sent(&[&relay], 3).await;
     relay.shutdown().await.unwrap();
 

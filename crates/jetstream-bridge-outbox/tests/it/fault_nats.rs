@@ -40,6 +40,7 @@ async fn nats_outage_keeps_rows_and_recovers() {
         .outage_backoff(Duration::from_millis(50), Duration::from_millis(300))
         .retry_backoff(Duration::from_millis(50), Duration::from_millis(300))
         .build()
+        .unwrap()
         .spawn();
     let mut conn = db.conn().await;
     outbox

@@ -35,6 +35,7 @@ async fn database_outage_is_survived() {
         .poll_interval(Duration::from_secs(120))
         .outage_backoff(Duration::from_millis(50), Duration::from_millis(300))
         .build()
+        .unwrap()
         .spawn();
     let outbox = Outbox::new(&config);
     wait_stats(&[&relay], |s| s.listening).await;

@@ -55,7 +55,14 @@ async fn per_key_order_holds_under_retries_with_two_relays() {
         );
     }
     let relays: Vec<_> = (0..2)
-        .map(|_| env.relay().ordered(true).max_attempts(1000).build().spawn())
+        .map(|_| {
+            env.relay()
+                .ordered(true)
+                .max_attempts(1000)
+                .build()
+                .unwrap()
+                .spawn()
+        })
         .collect();
     let refs: Vec<_> = relays.iter().collect();
     let stats = wait_stats(&refs, |s| s.sent >= 4 && s.failed_attempts >= 2).await;
@@ -163,12 +170,47 @@ async fn ordered_enqueue_serializes_same_key_commits() {
         .unwrap();
     let second_id = tokio::time::timeout(WAIT, second).await.unwrap().unwrap();
 
-    let relay = env.relay().ordered(true).build().spawn();
+    let relay = env.relay().ordered(true).build().unwrap().spawn();
     wait_stats(&[&relay], |s| s.sent >= 3).await;
     relay.shutdown().await.unwrap();
     let ids = stream_ids(&env.stream, 3).await;
     let position = |id: &str| ids.iter().position(|x| x == id).unwrap();
     assert!(position(first_id.as_str()) < position(second_id.as_str()));
     drop((first, other));
+    env.teardown().await;
+}
+
+/// An ordered relay drains a long same-key backlog claim after claim, without waiting a poll
+/// interval between events (the next event of a key becomes claimable only once the previous
+/// one is marked sent, and no NOTIFY comes for rows committed long ago). With `LISTEN` off and
+/// a poll interval far beyond the test's deadline, a relay that waited between rounds would
+/// time out here.
+#[tokio::test(flavor = "multi_thread")]
+async fn ordered_relay_drains_one_key_without_waiting_between_events() {
+    let env = Env::new().await;
+    let mut conn = env.db.conn().await;
+    let events: Vec<_> = (0..300)
+        .map(|n| NewEvent::new("user.updated", json!({"id": "one-key", "n": n})))
+        .collect();
+    let ids: Vec<String> = env
+        .outbox
+        .enqueue_batch(&mut conn, events)
+        .await
+        .unwrap()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    let relay = env
+        .relay()
+        .ordered(true)
+        .listen(false)
+        .poll_interval(std::time::Duration::from_secs(3600))
+        .build()
+        .unwrap()
+        .spawn();
+    let stats = wait_stats(&[&relay], |s| s.sent >= 300).await;
+    assert_eq!(stats.sent, 300);
+    relay.shutdown().await.unwrap();
+    assert_eq!(stream_ids(&env.stream, 300).await, ids, "insertion order");
     env.teardown().await;
 }

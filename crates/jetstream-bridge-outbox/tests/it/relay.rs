@@ -25,6 +25,7 @@ async fn commit_wakes_the_relay_without_waiting_for_the_poll() {
         .relay()
         .poll_interval(Duration::from_secs(120))
         .build()
+        .unwrap()
         .spawn();
     wait_stats(&[&relay], |s| s.listening).await;
     // Let the startup claims finish: the relay is now waiting for up to 120 s.
@@ -87,7 +88,7 @@ async fn crash_between_publish_and_mark_is_deduplicated() {
         .await
         .unwrap();
 
-    let relay = env.relay().build().spawn();
+    let relay = env.relay().build().unwrap().spawn();
     let stats = wait_sent(&[&relay], 1).await;
     assert_eq!(
         stats.duplicates, 1,
@@ -115,10 +116,16 @@ async fn aborted_relay_is_taken_over_after_the_lease() {
         .await
         .unwrap();
     let lease = Duration::from_secs(1);
-    let first = env.relay().lease(lease).batch_size(200).build().spawn();
+    let first = env
+        .relay()
+        .lease(lease)
+        .batch_size(200)
+        .build()
+        .unwrap()
+        .spawn();
     wait_sent(&[&first], 1).await;
     first.abort();
-    let second = env.relay().lease(lease).build().spawn();
+    let second = env.relay().lease(lease).build().unwrap().spawn();
     eventually(crate::WAIT, || async {
         let counts = status_counts(&env.db).await;
         (counts == vec![("sent".to_owned(), i64::from(n))])
@@ -149,7 +156,7 @@ async fn several_relays_publish_each_event_once(relays: usize) {
         .await
         .unwrap();
     let handles: Vec<_> = (0..relays)
-        .map(|_| env.relay().batch_size(250).build().spawn())
+        .map(|_| env.relay().batch_size(250).build().unwrap().spawn())
         .collect();
     let refs: Vec<_> = handles.iter().collect();
     wait_sent(&refs, n).await;
@@ -222,7 +229,7 @@ async fn poison_row_is_quarantined_while_the_rest_flow() {
         )
         .await
         .unwrap();
-    let relay = env.relay().max_attempts(3).build().spawn();
+    let relay = env.relay().max_attempts(3).build().unwrap().spawn();
     let stats = wait_stats(&[&relay], |s| s.sent >= 50 && s.quarantined >= 1).await;
     relay.shutdown().await.unwrap();
     assert_eq!(stats.quarantined, 1);
@@ -280,7 +287,13 @@ async fn rows_wait_uncharged_for_a_missing_stream_and_flow_once_it_exists() {
         .await
         .unwrap();
     // max_attempts 1: a single charged attempt would quarantine a row.
-    let relay = env.relay().max_attempts(1).batch_size(10).build().spawn();
+    let relay = env
+        .relay()
+        .max_attempts(1)
+        .batch_size(10)
+        .build()
+        .unwrap()
+        .spawn();
     let stats = wait_stats(&[&relay], |s| s.sent >= 30 && s.outages >= 3).await;
     assert_eq!(stats.sent, 30, "the other subject's rows flow meanwhile");
     assert_eq!(stats.failed_attempts, 0);
@@ -344,7 +357,7 @@ async fn listen_connections(env: &Env) -> i64 {
 #[tokio::test(flavor = "multi_thread")]
 async fn abort_and_drop_release_the_listen_connection() {
     let env = Env::new().await;
-    let relay = env.relay().build().spawn();
+    let relay = env.relay().build().unwrap().spawn();
     wait_stats(&[&relay], |s| s.listening).await;
     assert_eq!(listen_connections(&env).await, 1);
     relay.abort();
@@ -354,7 +367,12 @@ async fn abort_and_drop_release_the_listen_connection() {
     })
     .await;
 
-    let run = tokio::spawn(env.relay().build().run_until(std::future::pending::<()>()));
+    let run = tokio::spawn(
+        env.relay()
+            .build()
+            .unwrap()
+            .run_until(std::future::pending::<()>()),
+    );
     eventually(crate::WAIT, || async {
         let n = listen_connections(&env).await;
         (n == 1).then_some(()).ok_or(n)
@@ -370,8 +388,7 @@ async fn abort_and_drop_release_the_listen_connection() {
     env.teardown().await;
 }
 
-/// Out-of-range settings are a typed error from `try_build`, listing every problem; `build`
-/// clamps them to the nearest valid value.
+/// Out-of-range settings are a typed error from `build`, listing every problem.
 #[tokio::test(flavor = "multi_thread")]
 async fn invalid_settings_are_a_typed_error() {
     let env = Env::new().await;
@@ -383,8 +400,9 @@ async fn invalid_settings_are_a_typed_error() {
         .max_attempts(0)
         .poll_interval(Duration::ZERO)
         .retry_backoff(Duration::from_secs(2), Duration::from_secs(1))
+        .outage_backoff(Duration::from_secs(1), Duration::from_secs(400_000))
         .relay_id("")
-        .try_build()
+        .build()
         .unwrap_err();
     assert_eq!(err.kind(), OutboxErrorKind::InvalidSettings);
     assert!(!err.is_transient());
@@ -396,25 +414,17 @@ async fn invalid_settings_are_a_typed_error() {
         "max_attempts",
         "poll_interval",
         "retry_backoff",
+        "outage_backoff max",
         "relay_id",
     ] {
         assert!(detail.contains(name), "{name} missing from {detail}");
     }
-    assert!(env.relay().try_build().is_ok());
-    // `build` clamps: a batch size of 0 becomes 1 and the relay still works.
-    let mut conn = env.db.conn().await;
-    env.outbox
-        .enqueue_batch(
-            &mut conn,
-            (0..3).map(|i| NewEvent::new("user.created", json!({ "id": i }))),
-        )
-        .await
-        .unwrap();
-    let relay = env.relay().batch_size(0).max_in_flight(0).build().spawn();
-    let stats = wait_sent(&[&relay], 3).await;
-    relay.shutdown().await.unwrap();
-    assert_eq!(stats.batches, 3, "one row per batch");
-    drop(conn);
+    let too_long = env.relay().lease(Duration::from_secs(400_000)).build();
+    assert_eq!(
+        too_long.unwrap_err().kind(),
+        OutboxErrorKind::InvalidSettings
+    );
+    assert!(env.relay().build().is_ok());
     env.teardown().await;
 }
 
@@ -433,7 +443,7 @@ async fn graceful_shutdown_leaves_no_claimed_rows() {
         .await
         .unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let relay = env.relay().batch_size(100).build();
+    let relay = env.relay().batch_size(100).build().unwrap();
     let run = tokio::spawn(relay.run_until(async {
         let _ = stopped.await;
     }));
