@@ -734,46 +734,23 @@ impl Inner {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Subjects whose "no responders" back-off has not ended yet. Entries idle for longer
-    /// than the outage back-off maximum are forgotten (their subject was published elsewhere,
-    /// or its rows are gone), so the map only holds subjects with a recent outage.
+    /// Subjects whose "no responders" back-off has not ended yet (see [`active_mutes`]).
     fn muted_subjects(&self) -> Vec<String> {
-        let now = Instant::now();
-        let forget_after = self.settings.outage.max;
-        let mut muted = self.muted_map();
-        muted.retain(|_, m| now.saturating_duration_since(m.until) <= forget_after);
-        muted
-            .iter()
-            .filter(|(_, m)| m.until > now)
-            .map(|(subject, _)| subject.clone())
-            .collect()
+        active_mutes(
+            &mut self.muted_map(),
+            Instant::now(),
+            self.settings.outage.max,
+        )
     }
 
-    /// Leaves `subject` out of claims for an outage back-off (growing with each round of
-    /// "no responders", jittered). Rows already claimed in the round are not counted again.
+    /// Leaves `subject` out of claims for an outage back-off (see [`add_mute`]).
     fn mute(&self, subject: &str) {
-        let now = Instant::now();
-        let mut muted = self.muted_map();
-        if muted.len() >= MAX_MUTED_SUBJECTS && !muted.contains_key(subject) {
-            // Bounded: forget the subject whose back-off ends first.
-            if let Some(oldest) = muted
-                .iter()
-                .min_by_key(|(_, m)| m.until)
-                .map(|(s, _)| s.clone())
-            {
-                muted.remove(&oldest);
-            }
-        }
-        let entry = muted.entry(subject.to_owned()).or_insert(Mute {
-            until: now,
-            streak: 0,
-        });
-        if entry.until <= now {
-            entry.streak = entry.streak.saturating_add(1);
-            entry.until = now
-                .checked_add(self.settings.outage.delay(entry.streak))
-                .unwrap_or(now);
-        }
+        add_mute(
+            &mut self.muted_map(),
+            subject,
+            Instant::now(),
+            &self.settings.outage,
+        );
     }
 
     /// A publish to `subject` went through: forget its back-off.
@@ -791,7 +768,7 @@ impl Inner {
     /// Claims up to `batch_size` rows under a fresh claim token.
     async fn claim(&self) -> Result<Batch> {
         let number = self.claims.fetch_add(1, Ordering::Relaxed);
-        let token = format!("{}#{:08x}-{number}", self.settings.relay_id, self.nonce);
+        let token = claim_token(&self.settings.relay_id, self.nonce, number);
         let claimed_at = Instant::now();
         let mut conn = self.conn().await?;
         let lease = self.settings.lease.as_secs_f64();
@@ -882,7 +859,7 @@ impl Inner {
             outage: Vec::new(),
             // The rows wait out the relay's pause and one base delay more before they can be
             // claimed again, so the claim after the pause reaches other rows first.
-            outage_delay: pause + self.settings.outage.base,
+            outage_delay: pause.saturating_add(self.settings.outage.base),
             batch: Batch {
                 token: String::new(),
                 claimed_at: batch.claimed_at,
@@ -1092,7 +1069,12 @@ impl Inner {
         F: FnMut(Object<AsyncPgConnection>) -> Fut,
         Fut: Future<Output = Result<T>>,
     {
-        let deadline = batch.claimed_at + self.settings.lease;
+        // Settings are bounded (at most a day), but never panic on clock arithmetic: without
+        // a representable deadline, one attempt is made.
+        let deadline = batch
+            .claimed_at
+            .checked_add(self.settings.lease)
+            .unwrap_or(batch.claimed_at);
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -1104,7 +1086,8 @@ impl Inner {
                 Ok(value) => return Some(value),
                 Err(e) => {
                     let delay = self.settings.outage.delay(attempt);
-                    if !e.is_transient() || Instant::now() + delay >= deadline {
+                    let retry_at = Instant::now().checked_add(delay);
+                    if !e.is_transient() || retry_at.is_none_or(|at| at >= deadline) {
                         tracing::error!(error = %e, source = ?std::error::Error::source(&e), "outbox relay: giving up on bookkeeping; rows are republished after their lease");
                         return None;
                     }
@@ -1167,6 +1150,56 @@ impl Inner {
             .into_iter()
             .map(|o| o.unwrap_or_else(|| Outcome::Outage("not published".to_owned())))
             .collect()
+    }
+}
+
+/// `<relay id>#<instance nonce>-<claim number>`: unique across restarts of a relay with a fixed
+/// id (a pod name), as each instance draws its own nonce.
+fn claim_token(relay_id: &str, nonce: u32, number: u64) -> String {
+    format!("{relay_id}#{nonce:08x}-{number}")
+}
+
+/// The subjects of `muted` whose back-off has not ended at `now`. Entries whose back-off ended
+/// more than `forget_after` (the outage back-off maximum) ago are forgotten (their subject was
+/// published elsewhere, or its rows are gone), so the map only holds subjects with a recent
+/// "no responders".
+fn active_mutes(
+    muted: &mut HashMap<String, Mute>,
+    now: Instant,
+    forget_after: Duration,
+) -> Vec<String> {
+    muted.retain(|_, m| now.saturating_duration_since(m.until) <= forget_after);
+    muted
+        .iter()
+        .filter(|(_, m)| m.until > now)
+        .map(|(subject, _)| subject.clone())
+        .collect()
+}
+
+/// Mutes `subject` for an outage back-off growing with each round of "no responders"
+/// (jittered); rows already claimed in the round are not counted again. At most
+/// [`MAX_MUTED_SUBJECTS`] entries: beyond it, expired entries are forgotten first, then the
+/// subject whose back-off ends first.
+fn add_mute(muted: &mut HashMap<String, Mute>, subject: &str, now: Instant, backoff: &Backoff) {
+    if muted.len() >= MAX_MUTED_SUBJECTS && !muted.contains_key(subject) {
+        muted.retain(|_, m| m.until > now);
+        if muted.len() >= MAX_MUTED_SUBJECTS {
+            if let Some(first) = muted
+                .iter()
+                .min_by_key(|(_, m)| m.until)
+                .map(|(s, _)| s.clone())
+            {
+                muted.remove(&first);
+            }
+        }
+    }
+    let entry = muted.entry(subject.to_owned()).or_insert(Mute {
+        until: now,
+        streak: 0,
+    });
+    if entry.until <= now {
+        entry.streak = entry.streak.saturating_add(1);
+        entry.until = now.checked_add(backoff.delay(entry.streak)).unwrap_or(now);
     }
 }
 
@@ -1417,6 +1450,189 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(renewed.n, 1);
+        drop(conn);
+        t.teardown().await;
+        db.teardown().await;
+    }
+
+    fn settings() -> Settings {
+        Settings {
+            relay_id: "relay".to_owned(),
+            batch_size: 500,
+            max_in_flight: 256,
+            lease: Duration::from_secs(30),
+            poll_interval: Duration::from_secs(1),
+            max_attempts: 10,
+            retry: Backoff::new(Duration::from_secs(1), Duration::from_secs(300)),
+            outage: Backoff::new(Duration::from_millis(100), Duration::from_secs(10)),
+            ruby_msg_id_header: true,
+            ordered: false,
+            listen: true,
+        }
+    }
+
+    #[test]
+    fn settings_have_upper_bounds() {
+        assert!(settings().problems().is_empty());
+        let at_most = Settings {
+            lease: MAX_SETTING,
+            poll_interval: MAX_SETTING,
+            retry: Backoff::new(MAX_SETTING, MAX_SETTING),
+            outage: Backoff::new(Duration::from_secs(1), MAX_SETTING),
+            ..settings()
+        };
+        assert!(at_most.problems().is_empty(), "{:?}", at_most.problems());
+        let huge = Duration::from_secs(u64::MAX);
+        let too_big = Settings {
+            lease: huge,
+            poll_interval: huge,
+            retry: Backoff::new(Duration::from_secs(1), huge),
+            outage: Backoff::new(huge, huge),
+            ..settings()
+        };
+        let problems = too_big.problems().join("; ");
+        for what in [
+            "lease must be at most 1 day",
+            "poll_interval must be at most 1 day",
+            "retry_backoff max must be at most 1 day",
+            "outage_backoff max must be at most 1 day",
+        ] {
+            assert!(problems.contains(what), "{what} missing from {problems}");
+        }
+    }
+
+    #[test]
+    fn claim_tokens_carry_the_instance_nonce() {
+        assert_eq!(claim_token("pod-0", 0xab, 7), "pod-0#000000ab-7");
+        assert_ne!(claim_token("pod-0", 1, 0), claim_token("pod-0", 2, 0));
+    }
+
+    #[test]
+    fn mutes_expire_are_forgotten_and_stay_bounded() {
+        let backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(10));
+        let mut muted = HashMap::new();
+        let t0 = Instant::now();
+        add_mute(&mut muted, "a", t0, &backoff);
+        assert_eq!(
+            active_mutes(&mut muted, t0, backoff.max),
+            vec!["a".to_owned()]
+        );
+        // Muted again within its back-off: unchanged (the round is not counted twice).
+        let until = muted["a"].until;
+        add_mute(&mut muted, "a", t0, &backoff);
+        assert_eq!((muted["a"].until, muted["a"].streak), (until, 1));
+        // Back-off over: no longer muted, but remembered (the streak grows on the next round).
+        let later = t0 + Duration::from_secs(2);
+        assert!(active_mutes(&mut muted, later, backoff.max).is_empty());
+        assert_eq!(muted.len(), 1);
+        add_mute(&mut muted, "a", later, &backoff);
+        assert_eq!(muted["a"].streak, 2);
+        // Idle for longer than the back-off maximum: forgotten.
+        let much_later = later + Duration::from_secs(30);
+        assert!(active_mutes(&mut muted, much_later, backoff.max).is_empty());
+        assert!(muted.is_empty());
+
+        // Bounded: never more than MAX_MUTED_SUBJECTS entries; the newest subject is muted.
+        for i in 0..MAX_MUTED_SUBJECTS + 10 {
+            add_mute(&mut muted, &format!("s{i}"), t0, &backoff);
+            assert!(muted.len() <= MAX_MUTED_SUBJECTS);
+        }
+        assert_eq!(muted.len(), MAX_MUTED_SUBJECTS);
+        let last = format!("s{}", MAX_MUTED_SUBJECTS + 9);
+        assert!(active_mutes(&mut muted, t0, backoff.max).contains(&last));
+        // Expired entries make room before live ones are dropped.
+        let mut muted: HashMap<String, Mute> = (0..MAX_MUTED_SUBJECTS)
+            .map(|i| {
+                let until = if i == 0 {
+                    t0
+                } else {
+                    t0 + Duration::from_secs(5)
+                };
+                (format!("s{i}"), Mute { until, streak: 1 })
+            })
+            .collect();
+        add_mute(&mut muted, "new", t0 + Duration::from_secs(1), &backoff);
+        assert!(!muted.contains_key("s0"));
+        assert_eq!(muted.len(), MAX_MUTED_SUBJECTS);
+    }
+
+    /// Two instances with one fixed relay id (a restarted StatefulSet pod) claim under
+    /// different tokens.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn instances_with_one_relay_id_claim_under_different_tokens() {
+        let t = TestNats::shared().await;
+        let db = TestDb::new().await;
+        let config = Config::builder(t.subject_prefix(), "orders", "billing")
+            .build()
+            .unwrap();
+        let mut conn = db.conn().await;
+        Outbox::new(&config)
+            .enqueue_batch(
+                &mut conn,
+                (0..2).map(|i| NewEvent::new("user.created", json!({ "id": i }))),
+            )
+            .await
+            .unwrap();
+        let relay = || {
+            Relay::builder(&config, t.jetstream().clone(), db.pool().clone())
+                .relay_id("pod-0")
+                .batch_size(1)
+                .build()
+                .unwrap()
+        };
+        let (a, b) = (relay(), relay());
+        let (batch_a, batch_b) = (
+            a.inner.claim().await.unwrap(),
+            b.inner.claim().await.unwrap(),
+        );
+        assert_eq!((batch_a.rows.len(), batch_b.rows.len()), (1, 1));
+        assert!(batch_a.token.starts_with("pod-0#") && batch_a.token.ends_with("-0"));
+        assert!(batch_b.token.starts_with("pod-0#") && batch_b.token.ends_with("-0"));
+        assert_ne!(batch_a.token, batch_b.token);
+        // The column keeps the whole token.
+        let held: Count = diesel::sql_query(
+            "SELECT count(*) AS n FROM jetstream_outbox_events WHERE claimed_by IN ($1, $2)",
+        )
+        .bind::<Text, _>(&batch_a.token)
+        .bind::<Text, _>(&batch_b.token)
+        .get_result(&mut conn)
+        .await
+        .unwrap();
+        assert_eq!(held.n, 2);
+        drop(conn);
+        t.teardown().await;
+        db.teardown().await;
+    }
+
+    /// A `publishing` row without a lease (`claimed_until` NULL, e.g. written by hand or by
+    /// another tool) is claimable, in both claim queries.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_publishing_row_without_a_lease_is_reclaimed() {
+        let t = TestNats::shared().await;
+        let db = TestDb::new().await;
+        let config = Config::builder(t.subject_prefix(), "orders", "billing")
+            .build()
+            .unwrap();
+        let mut conn = db.conn().await;
+        Outbox::new(&config)
+            .enqueue(&mut conn, NewEvent::new("user.created", json!({"id": 1})))
+            .await
+            .unwrap();
+        for ordered in [false, true] {
+            diesel::sql_query(
+                "UPDATE jetstream_outbox_events \
+                 SET status = 'publishing', claimed_until = NULL, claimed_by = 'lost'",
+            )
+            .execute(&mut conn)
+            .await
+            .unwrap();
+            let relay = Relay::builder(&config, t.jetstream().clone(), db.pool().clone())
+                .ordered(ordered)
+                .build()
+                .unwrap();
+            let batch = relay.inner.claim().await.unwrap();
+            assert_eq!(batch.rows.len(), 1, "ordered: {ordered}");
+        }
         drop(conn);
         t.teardown().await;
         db.teardown().await;
