@@ -337,11 +337,24 @@ impl<H: Handler> Shared<H> {
         messages: &[&Message],
         work: impl std::future::Future<Output = T>,
     ) -> T {
-        self.with_progress_of(|| messages, work).await
+        let mut work = std::pin::pin!(work);
+        let Some(every) = self.progress_interval else {
+            return work.await;
+        };
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        loop {
+            tokio::select! {
+                biased;
+                out = &mut work => return out,
+                _ = ticker.tick() => self.progress_ack(messages).await,
+            }
+        }
     }
 
     /// [`with_progress`](Self::with_progress) for a set of messages that changes while `work`
-    /// runs (`messages()` is read at every tick).
+    /// runs (`messages()` is read at every tick). Kept apart from `with_progress`, which is on
+    /// every message's path: routing that through this closure-taking variant measurably
+    /// slowed the per-message path (`bench consumer-no-inbox`).
     async fn with_progress_of<'m, T>(
         &self,
         messages: impl Fn() -> &'m [&'m Message],
@@ -356,13 +369,16 @@ impl<H: Handler> Shared<H> {
             tokio::select! {
                 biased;
                 out = &mut work => return out,
-                _ = ticker.tick() => {
-                    for message in messages() {
-                        if message.ack_with(AckKind::Progress).await.is_ok() {
-                            self.stats.send_modify(|s| s.progress_acks += 1);
-                        }
-                    }
-                }
+                _ = ticker.tick() => self.progress_ack(messages()).await,
+            }
+        }
+    }
+
+    /// One in-progress ack (`+WPI`) per message.
+    async fn progress_ack(&self, messages: &[&Message]) {
+        for message in messages {
+            if message.ack_with(AckKind::Progress).await.is_ok() {
+                self.stats.send_modify(|s| s.progress_acks += 1);
             }
         }
     }

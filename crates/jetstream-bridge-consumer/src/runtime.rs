@@ -462,8 +462,9 @@ impl<H: Handler> Consumer<H> {
                         collected.push(message);
                     }
                     Some(Ok(message)) => {
+                        // `fetched` is counted by `start`, with `in_flight`: one watch
+                        // notification instead of two per message.
                         received += 1;
-                        self.shared.stats.send_modify(|s| s.fetched += 1);
                         if !d.dispatch(message, token).await {
                             while let Some(Some(Ok(message))) = batch.next().now_or_never() {
                                 d.release(&message).await;
@@ -771,14 +772,20 @@ impl<H: Handler> Dispatcher<H> {
             () = token.cancelled() => None,
             permit = self.semaphore.clone().acquire_owned() => permit.ok(),
         };
+        let n = work.messages().len() as u64;
+        // Single messages are counted as fetched here (batches as they are collected).
+        let fetched = if matches!(work, Work::One(_)) { n } else { 0 };
         let Some(permit) = permit else {
+            self.shared.stats.send_modify(|s| s.fetched += fetched);
             for message in work.messages() {
                 self.release(message).await;
             }
             return false;
         };
-        let n = work.messages().len() as u64;
-        self.shared.stats.send_modify(|s| s.in_flight += n);
+        self.shared.stats.send_modify(|s| {
+            s.fetched += fetched;
+            s.in_flight += n;
+        });
         let shared = self.shared.clone();
         let hard_stop = self.hard_stop.clone();
         self.tracker.spawn(async move {
@@ -786,7 +793,10 @@ impl<H: Handler> Dispatcher<H> {
             let run = async {
                 match &work {
                     Work::One(message) => shared.process(message).await,
-                    Work::Batch(messages) => shared.process_batch(messages).await,
+                    // Boxed: the batch future (which nests a per-message future in its
+                    // fallback) is several times larger, and unboxed it would size every
+                    // single-message task too; one allocation per pull is noise.
+                    Work::Batch(messages) => Box::pin(shared.process_batch(messages)).await,
                 }
             };
             tokio::select! {
