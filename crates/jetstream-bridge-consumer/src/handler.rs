@@ -127,9 +127,17 @@ pub trait Handler: Send + Sync + 'static {
 /// handler therefore sees an event at most twice per delivery (in the batch, then alone) and
 /// must not have effects outside `conn`. Middleware wraps only these one-by-one calls.
 ///
-/// With the inbox **off** (`conn` is `None`) nothing rolls back: effects applied before the
-/// batch failed stay, and the fallback runs every event of the batch again. Make the handler
-/// idempotent per event then (as redeliveries require anyway without the inbox).
+/// With the inbox **off** (`conn` is `None`) nothing rolls back and nothing filters
+/// duplicates: when a batch fails (an error, a panic, the `handler_timeout` cancelling it
+/// mid-way), the effects already applied for some of its events stay, and the fallback calls
+/// the handler again for **every** event of the batch, one by one, those whose effects
+/// already happened included. A handler without the inbox must be idempotent per event (the
+/// general rule without the inbox, which redeliveries after a lost ack or a crash require
+/// anyway); batch failures make such re-runs routine rather than rare.
+///
+/// While the batch and then its fallback run, every one of its messages gets in-progress
+/// acks (`progress_interval`), so a fallback longer than `ack_wait` does not get the events
+/// still waiting for their turn redelivered elsewhere.
 ///
 /// # Examples
 ///

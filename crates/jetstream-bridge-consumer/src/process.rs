@@ -82,17 +82,28 @@ pub(crate) fn metadata(message: &Message) -> Metadata {
             headers,
             traceparent,
         },
-        Err(_) => Metadata {
-            subject,
-            stream: String::new(),
-            consumer: String::new(),
-            stream_sequence: 0,
-            consumer_sequence: 0,
-            deliveries: 1,
-            published: None,
-            headers,
-            traceparent,
-        },
+        Err(_) => metadata_without_info(subject, headers, traceparent),
+    }
+}
+
+/// The metadata of a message whose ack subject cannot be parsed (`Message::info` failed):
+/// no stream position (empty stream, sequence 0, which JetStream never assigns, so the inbox
+/// entry stores `NULL` for both), first delivery.
+fn metadata_without_info(
+    subject: String,
+    headers: Vec<(String, String)>,
+    traceparent: Option<TraceParent>,
+) -> Metadata {
+    Metadata {
+        subject,
+        stream: String::new(),
+        consumer: String::new(),
+        stream_sequence: 0,
+        consumer_sequence: 0,
+        deliveries: 1,
+        published: None,
+        headers,
+        traceparent,
     }
 }
 
@@ -332,7 +343,7 @@ impl<H: Handler> Shared<H> {
 
     /// Runs `work`, sending an in-progress ack for each of `messages` every
     /// `progress_interval` while it runs.
-    async fn with_progress<T>(
+    pub(crate) async fn with_progress<T>(
         &self,
         messages: &[&Message],
         work: impl std::future::Future<Output = T>,
@@ -375,7 +386,7 @@ impl<H: Handler> Shared<H> {
     }
 
     /// One in-progress ack (`+WPI`) per message.
-    async fn progress_ack(&self, messages: &[&Message]) {
+    pub(crate) async fn progress_ack(&self, messages: &[&Message]) {
         for message in messages {
             if message.ack_with(AckKind::Progress).await.is_ok() {
                 self.stats.send_modify(|s| s.progress_acks += 1);
@@ -594,4 +605,42 @@ fn inbox_entry(event: &Event) -> InboxEntry {
             meta.deliveries,
         )
         .with_headers(meta.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn event(metadata: Metadata) -> Event {
+        Event {
+            envelope: Envelope::builder("user.created", serde_json::json!({"id": 1}))
+                .producer("orders")
+                .build()
+                .unwrap(),
+            metadata,
+        }
+    }
+
+    /// Without message info the inbox entry has no stream position (`NULL`, not `("", 0)`),
+    /// so two such events in one batch statement cannot collide on the unique
+    /// `(stream, stream_seq)` index.
+    #[test]
+    fn inbox_entry_without_message_info_has_no_stream_position() {
+        let meta = metadata_without_info("a.sync.b".to_owned(), Vec::new(), None);
+        let entry = inbox_entry(&event(meta));
+        assert_eq!((entry.stream.as_deref(), entry.stream_seq), (None, None));
+        assert_eq!(entry.subject.as_deref(), Some("a.sync.b"));
+        assert_eq!(entry.deliveries, Some(1));
+
+        let mut known = metadata_without_info("a.sync.b".to_owned(), Vec::new(), None);
+        known.stream = "s".to_owned();
+        known.stream_sequence = 9;
+        let entry = inbox_entry(&event(known));
+        assert_eq!(
+            (entry.stream.as_deref(), entry.stream_seq),
+            (Some("s"), Some(9))
+        );
+    }
 }

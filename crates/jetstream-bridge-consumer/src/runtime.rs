@@ -14,7 +14,7 @@ use futures_util::{FutureExt, StreamExt};
 use jetstream_bridge_config::{Config, ConsumerMode};
 use jetstream_bridge_inbox::Inbox;
 use jetstream_bridge_topology::{bind_pull_consumer, EnsureOptions, TopologySpec};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
@@ -427,6 +427,18 @@ impl<H: Handler> Consumer<H> {
             };
             let mut received = 0usize;
             let mut collected = Vec::new();
+            // Batch mode: the messages collected so far are delivered already and wait for the
+            // rest of the pull (up to `fetch_wait`): they get in-progress acks meanwhile.
+            let mut progress = self
+                .shared
+                .progress_interval
+                .filter(|_| self.shared.batch)
+                .map(|every| {
+                    let mut ticker =
+                        tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+                    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    ticker
+                });
             loop {
                 let next = tokio::select! {
                     biased;
@@ -441,6 +453,11 @@ impl<H: Handler> Consumer<H> {
                         break 'fetch;
                     }
                     next = batch.next() => next,
+                    () = tick(&mut progress), if !collected.is_empty() => {
+                        let waiting: Vec<&jetstream::Message> = collected.iter().collect();
+                        self.shared.progress_ack(&waiting).await;
+                        continue;
+                    }
                 };
                 match next {
                     None => break,
@@ -764,13 +781,38 @@ impl<H: Handler> Dispatcher<H> {
         self.start(Work::One(message), token).await
     }
 
+    /// Waits for a free concurrency slot (`None` when the token is cancelled first), sending
+    /// in-progress acks for `work`'s messages every `progress_interval` meanwhile: they are
+    /// delivered already, and slow handlers ahead of them must not let them pass `ack_wait`
+    /// and be redelivered to another instance. Only taken when no slot is free at once, so
+    /// the common path allocates nothing.
+    async fn wait_for_slot(
+        &self,
+        work: &Work,
+        token: &CancellationToken,
+    ) -> Option<OwnedSemaphorePermit> {
+        let messages: Vec<&jetstream::Message> = work.messages().iter().collect();
+        let acquire = async {
+            tokio::select! {
+                biased;
+                () = token.cancelled() => None,
+                permit = self.semaphore.clone().acquire_owned() => permit.ok(),
+            }
+        };
+        self.shared.with_progress(&messages, acquire).await
+    }
+
     /// Waits for a concurrency slot, then runs `work` on a tracked task: a panic NAKs its
     /// messages, the shutdown hard stop drops it unacked (its transaction rolls back).
     async fn start(&mut self, work: Work, token: &CancellationToken) -> bool {
-        let permit = tokio::select! {
-            biased;
-            () = token.cancelled() => None,
-            permit = self.semaphore.clone().acquire_owned() => permit.ok(),
+        let permit = if token.is_cancelled() {
+            None
+        } else {
+            match self.semaphore.clone().try_acquire_owned() {
+                Ok(permit) => Some(permit),
+                Err(TryAcquireError::Closed) => None,
+                Err(TryAcquireError::NoPermits) => self.wait_for_slot(&work, token).await,
+            }
         };
         let n = work.messages().len() as u64;
         // Single messages are counted as fetched here (batches as they are collected).
@@ -837,6 +879,16 @@ impl Work {
             Self::One(message) => std::slice::from_ref(message),
             Self::Batch(messages) => messages,
         }
+    }
+}
+
+/// The next tick of `ticker`; never, without one.
+async fn tick(ticker: &mut Option<tokio::time::Interval>) {
+    match ticker {
+        Some(ticker) => {
+            ticker.tick().await;
+        }
+        None => std::future::pending().await,
     }
 }
 

@@ -204,7 +204,8 @@ impl Inbox {
     }
 
     /// [`record`](Self::record) and [`mark_processed`](Self::mark_processed) in one statement:
-    /// the row is written as `processed` right away. Use it only inside a transaction that
+    /// the row is written as `processed` right away (clearing `error_message` like
+    /// `mark_processed`; `failed_at` is kept). Use it only inside a transaction that
     /// commits exactly when the handler's writes commit (as the consumer runtime does): a
     /// rollback removes the claim with everything else, and other sessions never see the row
     /// before the commit. Saves one round trip per event.
@@ -236,7 +237,8 @@ impl Inbox {
     /// order, so two transactions claiming overlapping batches lock in the same order.
     /// `DO UPDATE … WHERE status <> 'processed'` (not `DO NOTHING`) so that an event whose
     /// earlier attempt failed (a `failed` row) is claimed again rather than taken for a
-    /// duplicate.
+    /// duplicate; as on every path to `processed`, its `error_message` is cleared and its
+    /// `failed_at` kept.
     ///
     /// # Errors
     ///
@@ -406,6 +408,12 @@ impl Inbox {
 
     /// Marks `event_id` processed (`processed_at = now()`), inside the transaction that ran
     /// [`record`](Self::record) and the handler.
+    ///
+    /// Every path to `processed` (this, [`record_processed`](Self::record_processed),
+    /// [`record_processed_batch`](Self::record_processed_batch)) clears `error_message` (a
+    /// processed row has no current error) and keeps `failed_at`, the time of the last failed
+    /// attempt (`NULL` when none failed): together with `processing_attempts` it tells that
+    /// the event needed retries, and when.
     ///
     /// # Errors
     ///

@@ -440,3 +440,183 @@ async fn batch_throughput() {
     }
     env.teardown().await;
 }
+
+/// Fails every batch of more than one event (retryably); applies a one-event batch (the
+/// fallback) slowly, recording the delivery count and stream sequence the handler saw.
+#[derive(Clone)]
+struct SlowFallback {
+    each: Duration,
+    seen: Arc<Mutex<Vec<(u64, u32)>>>,
+}
+
+impl BatchHandler for SlowFallback {
+    async fn handle_batch(
+        &self,
+        events: &[Event],
+        _conn: Option<&mut AsyncPgConnection>,
+    ) -> Result<(), HandlerError> {
+        if events.len() > 1 {
+            return Err(HandlerError::retry("whole batch fails"));
+        }
+        for event in events {
+            self.seen
+                .lock()
+                .unwrap()
+                .push((event.metadata.stream_sequence, event.metadata.deliveries));
+        }
+        tokio::time::sleep(self.each).await;
+        Ok(())
+    }
+}
+
+/// A failed batch's one-by-one fallback longer than `ack_wait` (ack_wait 1 s, 5 events ×
+/// 400 ms): the events waiting for their turn get in-progress acks too, so none is
+/// redelivered meanwhile (a second slot keeps a pull open, which would receive such a
+/// redelivery at once): every event is handled once, on its first delivery, and the
+/// consumer delivered exactly five messages.
+#[tokio::test(flavor = "multi_thread")]
+async fn long_fallback_keeps_waiting_events_from_redelivery() {
+    let env = Env::new(|c| c.batch_size(5).ack_wait("1s")).await;
+    for n in 0..5 {
+        env.publish_gem(&envelope(n)).await;
+    }
+    let handler = SlowFallback {
+        each: Duration::from_millis(400),
+        seen: Arc::default(),
+    };
+    let handle = env
+        .consumer()
+        .batch_handler(handler.clone())
+        .concurrency(2)
+        .progress_interval(Some(Duration::from_millis(200)))
+        .build()
+        .unwrap()
+        .spawn();
+    let stats = wait(&handle, |s| s.processed >= 5).await;
+    // Any redelivery happened before the last event's ack: it is visible in the consumer's
+    // delivered count now.
+    let delivered = delivered(&env).await;
+    handle.shutdown().await.unwrap();
+    let seen = handler.seen.lock().unwrap().clone();
+    assert_eq!(
+        (delivered, stats.duplicates, stats.retried),
+        (5, 0, 0),
+        "redelivered during the fallback; handler saw {seen:?}"
+    );
+    assert_eq!(seen.len(), 5, "{seen:?}");
+    assert!(seen.iter().all(|(_, d)| *d == 1), "{seen:?}");
+    assert!(stats.progress_acks > 0);
+    env.wait_stream_drained().await;
+    env.teardown().await;
+}
+
+/// Sleeps `first` in its first call and `rest` in the others; records each call's size.
+#[derive(Clone)]
+struct Sleepy {
+    first: Duration,
+    rest: Duration,
+    sizes: Arc<Mutex<Vec<usize>>>,
+}
+
+impl BatchHandler for Sleepy {
+    async fn handle_batch(
+        &self,
+        events: &[Event],
+        _conn: Option<&mut AsyncPgConnection>,
+    ) -> Result<(), HandlerError> {
+        let call = {
+            let mut sizes = self.sizes.lock().unwrap();
+            sizes.push(events.len());
+            sizes.len()
+        };
+        tokio::time::sleep(if call == 1 { self.first } else { self.rest }).await;
+        Ok(())
+    }
+}
+
+/// The consumer's delivered count (every delivery, redeliveries included).
+async fn delivered(env: &Env) -> u64 {
+    let mut consumer = env
+        .js()
+        .get_stream(env.spec.stream_name())
+        .await
+        .unwrap()
+        .get_consumer::<async_nats::jetstream::consumer::pull::Config>(
+            env.config.durable_name().as_str(),
+        )
+        .await
+        .unwrap();
+    consumer.info().await.unwrap().delivered.consumer_sequence
+}
+
+/// A pulled batch waiting for a concurrency slot longer than `ack_wait` (concurrency 1, the
+/// batch ahead takes 1.5 s, ack_wait 1 s) gets in-progress acks while it waits: nothing is
+/// redelivered (a redelivered copy would reach the next pull and count as a duplicate).
+#[tokio::test(flavor = "multi_thread")]
+async fn batch_waiting_for_a_slot_is_not_redelivered() {
+    let env = Env::new(|c| c.batch_size(2).ack_wait("1s")).await;
+    for n in 0..4 {
+        env.publish_gem(&envelope(n)).await;
+    }
+    let handler = Sleepy {
+        first: Duration::from_millis(1500),
+        rest: Duration::from_millis(200),
+        sizes: Arc::default(),
+    };
+    let handle = env
+        .consumer()
+        .batch_handler(handler.clone())
+        .concurrency(1)
+        .progress_interval(Some(Duration::from_millis(200)))
+        .build()
+        .unwrap()
+        .spawn();
+    let stats = wait(&handle, |s| s.processed >= 4).await;
+    let delivered = delivered(&env).await;
+    handle.shutdown().await.unwrap();
+    assert_eq!(
+        (delivered, stats.processed, stats.duplicates),
+        (4, 4, 0),
+        "calls: {:?}",
+        handler.sizes.lock().unwrap()
+    );
+    assert_eq!(*handler.sizes.lock().unwrap(), [2, 2]);
+    env.wait_stream_drained().await;
+    env.teardown().await;
+}
+
+/// Messages collected while a pull stays open longer than `ack_wait` (fetch wait 2 s,
+/// ack_wait 1 s, fewer messages than `batch_size`) get in-progress acks during the collection:
+/// the pull request is not refilled with redelivered copies.
+#[tokio::test(flavor = "multi_thread")]
+async fn messages_collected_during_a_long_pull_are_not_redelivered() {
+    let env = Env::new(|c| c.batch_size(10).ack_wait("1s")).await;
+    for n in 0..2 {
+        env.publish_gem(&envelope(n)).await;
+    }
+    let handler = Sleepy {
+        first: Duration::ZERO,
+        rest: Duration::ZERO,
+        sizes: Arc::default(),
+    };
+    let handle = env
+        .consumer()
+        .batch_handler(handler.clone())
+        .fetch_wait(Duration::from_secs(2))
+        .progress_interval(Some(Duration::from_millis(200)))
+        .build()
+        .unwrap()
+        .spawn();
+    let stats = wait(&handle, |s| s.processed >= 2).await;
+    let delivered = delivered(&env).await;
+    handle.shutdown().await.unwrap();
+    assert_eq!(
+        (delivered, stats.processed, stats.duplicates),
+        (2, 2, 0),
+        "calls: {:?}",
+        handler.sizes.lock().unwrap()
+    );
+    assert_eq!(*handler.sizes.lock().unwrap(), [2]);
+    env.wait_stream_drained().await;
+    env.teardown().await;
+}

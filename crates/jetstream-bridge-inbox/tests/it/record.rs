@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use diesel::sql_types::{BigInt, Integer, Nullable, Text};
+use diesel::sql_types::{BigInt, Bool, Integer, Nullable, Text};
 use diesel::QueryableByName;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 use jetstream_bridge_config::Envelope;
@@ -32,13 +32,18 @@ struct Row {
     stream_seq: Option<i64>,
     #[diesel(sql_type = Text)]
     payload_type: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    stream: Option<String>,
+    #[diesel(sql_type = Bool)]
+    failed_at_set: bool,
 }
 
 async fn row(db: &TestDb, event_id: &str) -> Option<Row> {
     let mut conn = db.conn().await;
     diesel::sql_query(
-        "SELECT status, processing_attempts, error_message, stream_seq, \
-         jsonb_typeof(payload) AS payload_type FROM jetstream_inbox_events WHERE event_id = $1",
+        "SELECT status, processing_attempts, error_message, stream_seq, stream, \
+         failed_at IS NOT NULL AS failed_at_set, jsonb_typeof(payload) AS payload_type \
+         FROM jetstream_inbox_events WHERE event_id = $1",
     )
     .bind::<Text, _>(event_id)
     .get_result(&mut conn)
@@ -66,6 +71,7 @@ async fn new_then_processed_then_duplicate() {
     assert_eq!((r.status.as_str(), r.processing_attempts), ("processed", 1));
     assert_eq!(r.stream_seq, Some(1));
     assert_eq!(r.payload_type, "object");
+    assert!(!r.failed_at_set, "never failed");
     let again = inbox.record(&mut conn, &e).await.unwrap();
     assert_eq!(again, Recorded::Duplicate);
     assert_eq!(
@@ -124,6 +130,10 @@ async fn failure_outside_the_rolled_back_transaction() {
     );
     let r = row(&db, &e.event_id).await.unwrap();
     assert_eq!((r.status.as_str(), r.error_message), ("processed", None));
+    assert!(
+        r.failed_at_set,
+        "failed_at keeps the time of the last failure"
+    );
     let single = entry(3);
     inbox
         .record_failure(&mut conn, &single, "boom")
@@ -135,6 +145,30 @@ async fn failure_outside_the_rolled_back_transaction() {
     );
     let r = row(&db, &single.event_id).await.unwrap();
     assert_eq!((r.status.as_str(), r.error_message), ("processed", None));
+    assert!(
+        r.failed_at_set,
+        "failed_at keeps the time of the last failure"
+    );
+    // `record` + `mark_processed` (the hand-written loop) end the same way.
+    let manual = entry(4);
+    inbox
+        .record_failure(&mut conn, &manual, "boom")
+        .await
+        .unwrap();
+    assert_eq!(
+        inbox.record(&mut conn, &manual).await.unwrap(),
+        Recorded::New
+    );
+    inbox
+        .mark_processed(&mut conn, &manual.event_id)
+        .await
+        .unwrap();
+    let r = row(&db, &manual.event_id).await.unwrap();
+    assert_eq!((r.status.as_str(), r.error_message), ("processed", None));
+    assert!(
+        r.failed_at_set,
+        "failed_at keeps the time of the last failure"
+    );
     drop(conn);
     db.teardown().await;
 }
@@ -307,6 +341,30 @@ async fn record_processed_batch_claims_new_events_once() {
     }
     assert_eq!(row(&db, &a.event_id).await.unwrap().stream_seq, Some(42));
     assert_eq!(row(&db, &reused.event_id).await.unwrap().stream_seq, None);
+    // Entries without a known stream position (message metadata unavailable) are stored
+    // with NULL stream and stream_seq: several of them in one statement do not collide on
+    // the `(stream, stream_seq)` unique index.
+    let unknown: Vec<InboxEntry> = (50..53)
+        .map(|n| {
+            let envelope = Envelope::builder("user.created", json!({"id": n}))
+                .producer("a")
+                .build()
+                .unwrap();
+            InboxEntry::from_envelope(&envelope).with_message("a.sync.b", "", 0, 1)
+        })
+        .collect();
+    assert_eq!(
+        inbox
+            .record_processed_batch(&mut conn, &unknown)
+            .await
+            .unwrap(),
+        [New, New, New]
+    );
+    for e in &unknown {
+        let r = row(&db, &e.event_id).await.unwrap();
+        assert_eq!((r.stream.as_deref(), r.stream_seq), (None, None));
+        assert_eq!(r.status, "processed");
+    }
     // Everything is processed now: the same batch is all duplicates; an empty one is empty.
     assert!(inbox
         .record_processed_batch(&mut conn, &batch)
