@@ -1325,25 +1325,32 @@ mod tests {
         n: i64,
     }
 
-    /// Relay A claims, stalls past its lease, relay B reclaims the rows: every late statement
-    /// of A (mark sent, mark failed, release) changes nothing, A's stale batch publishes
-    /// nothing when it finally runs (renewal finds the rows gone), and B finishes normally.
-    #[tokio::test(flavor = "multi_thread")]
-    async fn late_statements_of_an_expired_claim_change_nothing() {
+    /// The shared NATS namespace, a fresh database, a config on both, and `n` committed
+    /// `user.created` events (ids `0..n`), for the claim-level tests below.
+    async fn with_events(n: u64) -> (TestNats, TestDb, Config, AsyncPgConnection) {
         let t = TestNats::shared().await;
         let db = TestDb::new().await;
         let config = Config::builder(t.subject_prefix(), "orders", "billing")
             .build()
             .unwrap();
-        let mut stream = t.create_stream(t.stream_config("orders")).await;
         let mut conn = db.conn().await;
         Outbox::new(&config)
             .enqueue_batch(
                 &mut conn,
-                (0..3).map(|i| NewEvent::new("user.created", json!({ "id": i }))),
+                (0..n).map(|i| NewEvent::new("user.created", json!({ "id": i }))),
             )
             .await
             .unwrap();
+        (t, db, config, conn)
+    }
+
+    /// Relay A claims, stalls past its lease, relay B reclaims the rows: every late statement
+    /// of A (mark sent, mark failed, release) changes nothing, A's stale batch publishes
+    /// nothing when it finally runs (renewal finds the rows gone), and B finishes normally.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn late_statements_of_an_expired_claim_change_nothing() {
+        let (t, db, config, mut conn) = with_events(3).await;
+        let mut stream = t.create_stream(t.stream_config("orders")).await;
         let relay = |id: &str| {
             Relay::builder(&config, t.jetstream().clone(), db.pool().clone())
                 .relay_id(id)
@@ -1419,16 +1426,7 @@ mod tests {
     /// A renewed batch keeps its rows and gets a fresh lease.
     #[tokio::test(flavor = "multi_thread")]
     async fn renewal_extends_the_lease_of_held_rows() {
-        let t = TestNats::shared().await;
-        let db = TestDb::new().await;
-        let config = Config::builder(t.subject_prefix(), "orders", "billing")
-            .build()
-            .unwrap();
-        let mut conn = db.conn().await;
-        Outbox::new(&config)
-            .enqueue(&mut conn, NewEvent::new("user.created", json!({"id": 1})))
-            .await
-            .unwrap();
+        let (t, db, config, mut conn) = with_events(1).await;
         let relay = Relay::builder(&config, t.jetstream().clone(), db.pool().clone())
             .lease(Duration::from_secs(600))
             .build()
@@ -1560,19 +1558,7 @@ mod tests {
     /// different tokens.
     #[tokio::test(flavor = "multi_thread")]
     async fn instances_with_one_relay_id_claim_under_different_tokens() {
-        let t = TestNats::shared().await;
-        let db = TestDb::new().await;
-        let config = Config::builder(t.subject_prefix(), "orders", "billing")
-            .build()
-            .unwrap();
-        let mut conn = db.conn().await;
-        Outbox::new(&config)
-            .enqueue_batch(
-                &mut conn,
-                (0..2).map(|i| NewEvent::new("user.created", json!({ "id": i }))),
-            )
-            .await
-            .unwrap();
+        let (t, db, config, mut conn) = with_events(2).await;
         let relay = || {
             Relay::builder(&config, t.jetstream().clone(), db.pool().clone())
                 .relay_id("pod-0")
@@ -1608,16 +1594,7 @@ mod tests {
     /// another tool) is claimable, in both claim queries.
     #[tokio::test(flavor = "multi_thread")]
     async fn a_publishing_row_without_a_lease_is_reclaimed() {
-        let t = TestNats::shared().await;
-        let db = TestDb::new().await;
-        let config = Config::builder(t.subject_prefix(), "orders", "billing")
-            .build()
-            .unwrap();
-        let mut conn = db.conn().await;
-        Outbox::new(&config)
-            .enqueue(&mut conn, NewEvent::new("user.created", json!({"id": 1})))
-            .await
-            .unwrap();
+        let (t, db, config, mut conn) = with_events(1).await;
         for ordered in [false, true] {
             diesel::sql_query(
                 "UPDATE jetstream_outbox_events \
