@@ -128,37 +128,13 @@ pub(super) async fn with_inbox(args: &Args, fx: &Fixture) -> anyhow::Result<Scen
     })
     .await?;
     let col = |i: usize| runs.iter().map(|r| r[i]).collect::<Vec<f64>>();
-    let mut measurements = Vec::new();
-    let mut checks = Vec::new();
-    for (k, c) in CONCURRENCY.into_iter().enumerate() {
-        let base = Measurement::new(
-            format!("raw pull + txn/msg + ack, concurrency {c}"),
-            "msg/s",
-            col(4 * k),
-        );
-        let ours = Measurement::new(
-            format!("Consumer + inbox, concurrency {c}"),
-            "msg/s",
-            col(4 * k + 1),
-        );
-        let ratio = Measurement::ratio(
-            format!("Consumer c={c} / raw c={c}"),
-            &ours.samples,
-            &base.samples,
-        );
-        checks.push(Check::on(&ratio, Cmp::AtLeast, 0.7));
-        let base_cpu = Measurement::new(
-            format!("process CPU per message, raw c={c}"),
-            "µs",
-            col(4 * k + 2),
-        );
-        let ours_cpu = Measurement::new(
-            format!("process CPU per message, Consumer c={c}"),
-            "µs",
-            col(4 * k + 3),
-        );
-        measurements.extend([base, ours, ratio, base_cpu, ours_cpu]);
-    }
+    let (mut measurements, mut checks) = per_concurrency(
+        &runs,
+        "raw pull + txn/msg + ack",
+        "Consumer + inbox",
+        "",
+        0.7,
+    );
     let at = 4 * CONCURRENCY.len();
     let batch = Measurement::new(
         format!("Consumer + inbox, batch mode ({PULL}/pull)"),
@@ -212,38 +188,13 @@ pub(super) async fn without_inbox(args: &Args, fx: &Fixture) -> anyhow::Result<S
         }
     })
     .await?;
-    let col = |i: usize| runs.iter().map(|r| r[i]).collect::<Vec<f64>>();
-    let mut measurements = Vec::new();
-    let mut checks = Vec::new();
-    for (k, c) in CONCURRENCY.into_iter().enumerate() {
-        let base = Measurement::new(
-            format!("raw pull + ack, concurrency {c}"),
-            "msg/s",
-            col(4 * k),
-        );
-        let ours = Measurement::new(
-            format!("Consumer, no inbox, concurrency {c}"),
-            "msg/s",
-            col(4 * k + 1),
-        );
-        let ratio = Measurement::ratio(
-            format!("Consumer c={c} / raw c={c} (no inbox)"),
-            &ours.samples,
-            &base.samples,
-        );
-        checks.push(Check::on(&ratio, Cmp::AtLeast, 0.8));
-        let base_cpu = Measurement::new(
-            format!("process CPU per message, raw c={c}"),
-            "µs",
-            col(4 * k + 2),
-        );
-        let ours_cpu = Measurement::new(
-            format!("process CPU per message, Consumer c={c}"),
-            "µs",
-            col(4 * k + 3),
-        );
-        measurements.extend([base, ours, ratio, base_cpu, ours_cpu]);
-    }
+    let (measurements, checks) = per_concurrency(
+        &runs,
+        "raw pull + ack",
+        "Consumer, no inbox",
+        " (no inbox)",
+        0.8,
+    );
     Ok(ScenarioReport {
         scenario: Scenario::ConsumerNoInbox,
         events: n,
@@ -457,4 +408,41 @@ async fn raw_run(
     counts.record(&format!("{who}: processed"), count, done.into_inner())?;
     account(fx, &who, count, inbox, counts).await?;
     Ok((rate, cpu))
+}
+
+/// The per-concurrency measurements and ratio checks of a consumer scenario: columns
+/// `4k .. 4k+4` of every run hold raw msg/s, ours msg/s, raw CPU µs/msg and ours CPU µs/msg at
+/// `CONCURRENCY[k]`.
+fn per_concurrency(
+    runs: &[Vec<f64>],
+    raw: &str,
+    ours: &str,
+    ratio_suffix: &str,
+    target: f64,
+) -> (Vec<Measurement>, Vec<Check>) {
+    let col = |i: usize| runs.iter().map(|r| r[i]).collect::<Vec<f64>>();
+    let mut measurements = Vec::new();
+    let mut checks = Vec::new();
+    for (k, c) in CONCURRENCY.into_iter().enumerate() {
+        let base = Measurement::new(format!("{raw}, concurrency {c}"), "msg/s", col(4 * k));
+        let mine = Measurement::new(format!("{ours}, concurrency {c}"), "msg/s", col(4 * k + 1));
+        let ratio = Measurement::ratio(
+            format!("Consumer c={c} / raw c={c}{ratio_suffix}"),
+            &mine.samples,
+            &base.samples,
+        );
+        checks.push(Check::on(&ratio, Cmp::AtLeast, target));
+        let base_cpu = Measurement::new(
+            format!("process CPU per message, raw c={c}"),
+            "µs",
+            col(4 * k + 2),
+        );
+        let ours_cpu = Measurement::new(
+            format!("process CPU per message, Consumer c={c}"),
+            "µs",
+            col(4 * k + 3),
+        );
+        measurements.extend([base, mine, ratio, base_cpu, ours_cpu]);
+    }
+    (measurements, checks)
 }
