@@ -1,5 +1,5 @@
-//! The handler API: [`Handler`], the [`Event`] it receives, and [`HandlerError`] saying what
-//! happens next.
+//! The handler API: [`Handler`], [`BatchHandler`], and [`HandlerError`] saying what happens
+//! next.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -7,48 +7,10 @@ use std::future::Future;
 use std::time::Duration;
 
 use diesel_async::AsyncPgConnection;
-use jetstream_bridge_config::{Envelope, Timestamp, TraceParent};
 
 use crate::error::BoxError;
+use crate::event::Event;
 use crate::middleware::BoxFuture;
-
-/// One received event: the parsed envelope and where it came from.
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub struct Event {
-    /// The envelope; its `event_id` is the inbox's dedupe key (msg-id header first, then body).
-    pub envelope: Envelope,
-    /// Delivery metadata.
-    pub metadata: Metadata,
-}
-
-/// Where and how an event was delivered (from the message's ack subject and headers).
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Metadata {
-    /// The subject the message was published on.
-    pub subject: String,
-    /// The stream that stores it.
-    pub stream: String,
-    /// The durable consumer that delivered it.
-    pub consumer: String,
-    /// The message's stream sequence.
-    pub stream_sequence: u64,
-    /// The consumer sequence of this delivery.
-    pub consumer_sequence: u64,
-    /// The delivery count: 1 for the first delivery.
-    pub deliveries: u32,
-    /// When the server stored the message.
-    pub published: Option<Timestamp>,
-    /// The message headers, `(name, value)`, one pair per value. The order of names is not
-    /// the wire order: async-nats parses headers into a hash map.
-    pub headers: Vec<(String, String)>,
-    /// The W3C `traceparent` the producer sent, if any and valid. While [`Handler::handle`]
-    /// runs, a [child](TraceParent::child) of it is [current](TraceParent::current), so events
-    /// the handler enqueues or publishes continue the trace; the runtime's
-    /// `jetstream_bridge.handle` span records its `trace_id` and `parent_span_id`.
-    pub traceparent: Option<TraceParent>,
-}
 
 /// Applies events. Implement it on your own type (it is shared by every in-flight message, so
 /// it is `Sync`; clone connections pools etc. into it).
@@ -296,30 +258,9 @@ impl From<diesel::result::Error> for HandlerError {
     }
 }
 
-/// The NAK delay after failed delivery `deliveries` (1-based): `backoff[n-1]`, the last entry
-/// repeating; one second when the list is empty.
-pub(crate) fn backoff_for(backoff: &[Duration], deliveries: u32) -> Duration {
-    let index = usize::try_from(deliveries.saturating_sub(1)).unwrap_or(usize::MAX);
-    backoff
-        .get(index)
-        .or(backoff.last())
-        .copied()
-        .unwrap_or(Duration::from_secs(1))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_uses_the_entry_for_the_delivery_and_repeats_the_last() {
-        let b = [Duration::from_millis(200), Duration::from_millis(400)];
-        assert_eq!(backoff_for(&b, 1), b[0]);
-        assert_eq!(backoff_for(&b, 2), b[1]);
-        assert_eq!(backoff_for(&b, 9), b[1]);
-        assert_eq!(backoff_for(&b, 0), b[0]);
-        assert_eq!(backoff_for(&[], 3), Duration::from_secs(1));
-    }
 
     #[test]
     fn handler_error_actions() {

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use diesel_async::AsyncPgConnection;
 
-use crate::handler::{Event, Handler, HandlerError};
+use crate::event::Event;
+use crate::handler::{Handler, HandlerError};
 
 /// A boxed, `Send` future (the return type of [`Middleware::call`]).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
