@@ -1,97 +1,165 @@
-//! One attempt at a message or a batch: with the inbox, its transaction around the middleware
-//! chain and the handler; without, the chain alone; under the per-message time limit, with
-//! panics caught.
+//! One attempt at an event or a batch, per handler slot ([`Apply`]): without the inbox, the
+//! middleware chain and the handler; with it, its transaction around them. Always under the
+//! per-message time limit, with panics caught.
 
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
 
+use async_nats::jetstream::Message;
 use diesel_async::pooled_connection::deadpool::{Object, Pool};
 use diesel_async::{AsyncConnection, AsyncPgConnection};
 use futures_util::FutureExt;
-use jetstream_bridge_inbox::{InboxEntry, InboxError, Recorded};
-use tracing::error;
+use jetstream_bridge_inbox::{Inbox, InboxEntry, InboxError, Recorded};
+use tracing::{error, warn};
 
 use crate::event::Event;
-use crate::handler::{Handler, HandlerError};
-use crate::middleware::Next;
+use crate::handler::{
+    BatchHandler, Batched, Handler, HandlerError, InboxBatchHandler, InboxHandler,
+};
+use crate::middleware::{CallInTx, Next, Target};
 use crate::process::Processor;
 
-/// Errors of the inbox transaction.
-enum TxError {
-    Handler(HandlerError),
-    Inbox(InboxError),
-    Database(diesel::result::Error),
-}
+/// A consumer's handler slot: how one attempt at an event runs, and how the messages of one
+/// pull request are processed.
+pub(crate) trait Apply: Send + Sync + Sized + 'static {
+    /// Pull requests go to the handler as one batch (batch mode).
+    const BATCH: bool;
+    /// The inbox is on.
+    const INBOX: bool;
 
-impl From<diesel::result::Error> for TxError {
-    fn from(e: diesel::result::Error) -> Self {
-        Self::Database(e)
-    }
-}
+    /// One attempt at `event`: `Ok` says whether it was new or a duplicate.
+    fn attempt(
+        p: &Processor<Self>,
+        event: &Event,
+    ) -> impl Future<Output = Result<Recorded, HandlerError>> + Send;
 
-impl From<InboxError> for TxError {
-    fn from(e: InboxError) -> Self {
-        Self::Inbox(e)
-    }
-}
+    /// Records a failed attempt where the slot keeps such records (the inbox).
+    fn record_failure(
+        &self,
+        event: &Event,
+        error: &HandlerError,
+    ) -> impl Future<Output = ()> + Send;
 
-impl From<TxError> for HandlerError {
-    fn from(e: TxError) -> Self {
-        match e {
-            TxError::Handler(e) => e,
-            TxError::Inbox(e) => Self::retry(e).with_class("InboxError"),
-            TxError::Database(e) => Self::from(e),
+    /// Processes the messages of one pull request, one by one in stream order (batch slots:
+    /// as one batch).
+    fn process_many(p: &Processor<Self>, messages: &[Message]) -> impl Future<Output = ()> + Send {
+        async move {
+            for message in messages {
+                p.process(message).await;
+            }
         }
     }
 }
 
-impl<H: Handler> Processor<H> {
-    /// One attempt: with the inbox, its transaction around the handler; without, the handler.
-    pub(crate) async fn attempt(&self, event: &Event) -> Result<Recorded, HandlerError> {
-        self.limited("handler", async {
-            let Some(pool) = self.inbox_pool() else {
-                return self.call_handler(event, None).await.map(|()| Recorded::New);
-            };
-            let entry = inbox_entry(event);
-            let mut guard = TxConn::checkout(pool).await?;
-            let recorded = guard
-                .conn()?
-                .transaction::<Recorded, TxError, _>(async |conn| {
-                    // Written as processed at once: the row commits only with the handler's
-                    // writes.
-                    if self.inbox.record_processed(conn, &entry).await? == Recorded::Duplicate {
-                        return Ok(Recorded::Duplicate);
-                    }
-                    self.call_handler(event, Some(conn))
-                        .await
-                        .map_err(TxError::Handler)?;
-                    Ok(Recorded::New)
-                })
-                .await;
-            guard.release();
-            Ok(recorded?)
-        })
-        .await
+/// A batch handler's slot: one attempt at a whole batch.
+pub(crate) trait BatchApply: Apply {
+    /// One attempt at `events`; `Ok` holds, per event, whether it was new or a duplicate.
+    fn attempt_batch(
+        p: &Processor<Self>,
+        events: &[Event],
+    ) -> impl Future<Output = Result<Vec<Recorded>, HandlerError>> + Send;
+}
+
+/// The slot of a consumer without the inbox: the handler alone.
+pub(crate) struct Direct<H>(pub(crate) H);
+
+/// The slot of a consumer with the inbox: the handler inside the inbox transaction.
+pub(crate) struct Transactional<H> {
+    pub(crate) handler: H,
+    pub(crate) pool: Pool<AsyncPgConnection>,
+    pub(crate) inbox: Inbox,
+}
+
+impl<H: Handler> Apply for Direct<H> {
+    const BATCH: bool = false;
+    const INBOX: bool = false;
+
+    async fn attempt(p: &Processor<Self>, event: &Event) -> Result<Recorded, HandlerError> {
+        let chain = p.chain(Target::Direct(&p.apply.0));
+        p.limited("handler", p.catch_panic(chain.run(event), "handler"))
+            .await
+            .map(|()| Recorded::New)
     }
 
-    /// One batch attempt; `Ok` holds, per event, whether it was new or a duplicate.
-    pub(crate) async fn attempt_batch(
-        &self,
+    async fn record_failure(&self, _event: &Event, _error: &HandlerError) {}
+}
+
+impl<B: BatchHandler> Apply for Direct<Batched<B>> {
+    const BATCH: bool = true;
+    const INBOX: bool = false;
+
+    async fn attempt(p: &Processor<Self>, event: &Event) -> Result<Recorded, HandlerError> {
+        let chain = p.chain(Target::Direct(&p.apply.0));
+        p.limited("handler", p.catch_panic(chain.run(event), "handler"))
+            .await
+            .map(|()| Recorded::New)
+    }
+
+    async fn record_failure(&self, _event: &Event, _error: &HandlerError) {}
+
+    async fn process_many(p: &Processor<Self>, messages: &[Message]) {
+        p.process_batch(messages).await;
+    }
+}
+
+impl<B: BatchHandler> BatchApply for Direct<Batched<B>> {
+    async fn attempt_batch(
+        p: &Processor<Self>,
         events: &[Event],
     ) -> Result<Vec<Recorded>, HandlerError> {
-        self.limited("batch handler", async {
-            let Some(pool) = self.inbox_pool() else {
-                self.call_batch(events, None).await?;
-                return Ok(vec![Recorded::New; events.len()]);
-            };
+        let call = p.apply.0 .0.handle_batch(events);
+        p.limited("batch handler", p.catch_panic(call, "batch handler"))
+            .await
+            .map(|()| vec![Recorded::New; events.len()])
+    }
+}
+
+impl<H: InboxHandler> Apply for Transactional<H> {
+    const BATCH: bool = false;
+    const INBOX: bool = true;
+
+    async fn attempt(p: &Processor<Self>, event: &Event) -> Result<Recorded, HandlerError> {
+        p.limited("handler", p.apply.attempt_one(p, event)).await
+    }
+
+    async fn record_failure(&self, event: &Event, error: &HandlerError) {
+        self.write_failure(event, error).await;
+    }
+}
+
+impl<B: InboxBatchHandler> Apply for Transactional<Batched<B>> {
+    const BATCH: bool = true;
+    const INBOX: bool = true;
+
+    async fn attempt(p: &Processor<Self>, event: &Event) -> Result<Recorded, HandlerError> {
+        p.limited("handler", p.apply.attempt_one(p, event)).await
+    }
+
+    async fn record_failure(&self, event: &Event, error: &HandlerError) {
+        self.write_failure(event, error).await;
+    }
+
+    async fn process_many(p: &Processor<Self>, messages: &[Message]) {
+        p.process_batch(messages).await;
+    }
+}
+
+impl<B: InboxBatchHandler> BatchApply for Transactional<Batched<B>> {
+    async fn attempt_batch(
+        p: &Processor<Self>,
+        events: &[Event],
+    ) -> Result<Vec<Recorded>, HandlerError> {
+        let t = &p.apply;
+        let attempt = async {
             // Built before the transaction opens: no lock is held during this CPU work.
             let entries: Vec<InboxEntry> = events.iter().map(inbox_entry).collect();
-            let mut guard = TxConn::checkout(pool).await?;
+            let mut guard = TxConn::checkout(&t.pool).await?;
             let recorded = guard
                 .conn()?
                 .transaction::<Vec<Recorded>, TxError, _>(async |conn| {
-                    let recorded = self.inbox.record_processed_batch(conn, &entries).await?;
+                    let recorded = t.inbox.record_processed_batch(conn, &entries).await?;
                     if recorded.iter().all(|r| *r == Recorded::New) {
-                        self.call_batch(events, Some(conn))
+                        p.catch_panic(t.handler.0.handle_batch(events, conn), "batch handler")
                             .await
                             .map_err(TxError::Handler)?;
                     } else {
@@ -102,7 +170,7 @@ impl<H: Handler> Processor<H> {
                             .map(|(e, _)| e.clone())
                             .collect();
                         if !fresh.is_empty() {
-                            self.call_batch(&fresh, Some(conn))
+                            p.catch_panic(t.handler.0.handle_batch(&fresh, conn), "batch handler")
                                 .await
                                 .map_err(TxError::Handler)?;
                         }
@@ -112,30 +180,64 @@ impl<H: Handler> Processor<H> {
                 .await;
             guard.release();
             Ok(recorded?)
-        })
-        .await
-    }
-
-    /// The middleware chain and the handler, with a panic turned into a retryable error.
-    async fn call_handler(
-        &self,
-        event: &Event,
-        conn: Option<&mut AsyncPgConnection>,
-    ) -> Result<(), HandlerError> {
-        let chain = Next::new(&self.middleware, conn, &self.handler);
-        self.catch_panic(chain.run(event), "handler").await
-    }
-
-    /// The batch handler, with a panic turned into a retryable error.
-    async fn call_batch(
-        &self,
-        events: &[Event],
-        conn: Option<&mut AsyncPgConnection>,
-    ) -> Result<(), HandlerError> {
-        let Some(call) = self.handler.__handle_batch(events, conn) else {
-            return Err(HandlerError::permanent("not a batch handler"));
         };
-        self.catch_panic(call, "batch handler").await
+        p.limited("batch handler", attempt).await
+    }
+}
+
+impl<H: CallInTx> Transactional<H> {
+    /// One event in its inbox transaction: the inbox row written as processed, then the
+    /// middleware chain and the handler (a single-event one, or a batch handler given a
+    /// one-event batch) on the same connection.
+    async fn attempt_one<A: Sync>(
+        &self,
+        p: &Processor<A>,
+        event: &Event,
+    ) -> Result<Recorded, HandlerError> {
+        let entry = inbox_entry(event);
+        let mut guard = TxConn::checkout(&self.pool).await?;
+        let recorded = guard
+            .conn()?
+            .transaction::<Recorded, TxError, _>(async |conn| {
+                // Written as processed at once: the row commits only with the handler's
+                // writes.
+                if self.inbox.record_processed(conn, &entry).await? == Recorded::Duplicate {
+                    return Ok(Recorded::Duplicate);
+                }
+                let chain = p.chain(Target::InTx(&self.handler, conn));
+                p.catch_panic(chain.run(event), "handler")
+                    .await
+                    .map_err(TxError::Handler)?;
+                Ok(Recorded::New)
+            })
+            .await;
+        guard.release();
+        Ok(recorded?)
+    }
+}
+
+impl<H> Transactional<H> {
+    /// Records a failed attempt in the inbox, outside the rolled-back transaction.
+    async fn write_failure(&self, event: &Event, error: &HandlerError) {
+        let entry = inbox_entry(event);
+        let result = match self.pool.get().await {
+            Ok(mut conn) => self
+                .inbox
+                .record_failure(&mut conn, &entry, &format!("{}: {error}", error.class()))
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = result {
+            warn!(error = %e, "could not record the failed attempt in the inbox");
+        }
+    }
+}
+
+impl<A> Processor<A> {
+    /// The middleware chain in front of `target`.
+    pub(crate) fn chain<'a>(&'a self, target: Target<'a>) -> Next<'a> {
+        Next::new(&self.middleware, target)
     }
 
     /// `work` under the per-message time limit (`handler_timeout`): a timeout is a
@@ -177,10 +279,34 @@ impl<H: Handler> Processor<H> {
             }
         }
     }
+}
 
-    /// The pool when the inbox is on.
-    pub(crate) fn inbox_pool(&self) -> Option<&Pool<AsyncPgConnection>> {
-        self.pool.as_ref().filter(|_| self.use_inbox)
+/// Errors of the inbox transaction.
+enum TxError {
+    Handler(HandlerError),
+    Inbox(InboxError),
+    Database(diesel::result::Error),
+}
+
+impl From<diesel::result::Error> for TxError {
+    fn from(e: diesel::result::Error) -> Self {
+        Self::Database(e)
+    }
+}
+
+impl From<InboxError> for TxError {
+    fn from(e: InboxError) -> Self {
+        Self::Inbox(e)
+    }
+}
+
+impl From<TxError> for HandlerError {
+    fn from(e: TxError) -> Self {
+        match e {
+            TxError::Handler(e) => e,
+            TxError::Inbox(e) => Self::retry(e).with_class("InboxError"),
+            TxError::Database(e) => Self::from(e),
+        }
     }
 }
 

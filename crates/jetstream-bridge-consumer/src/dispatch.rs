@@ -11,12 +11,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, warn};
 
-use crate::handler::Handler;
+use crate::attempt::Apply;
 use crate::process::Processor;
 
 /// Runs messages on tasks, at most `concurrency` at once.
-pub(crate) struct Dispatcher<H> {
-    pub(crate) processor: Arc<Processor<H>>,
+pub(crate) struct Dispatcher<A> {
+    pub(crate) processor: Arc<Processor<A>>,
     semaphore: Arc<Semaphore>,
     pub(crate) tracker: TaskTracker,
     pub(crate) hard_stop: CancellationToken,
@@ -24,8 +24,8 @@ pub(crate) struct Dispatcher<H> {
     pub(crate) released: u64,
 }
 
-impl<H: Handler> Dispatcher<H> {
-    pub(crate) fn new(processor: Arc<Processor<H>>, concurrency: usize) -> Self {
+impl<A: Apply> Dispatcher<A> {
+    pub(crate) fn new(processor: Arc<Processor<A>>, concurrency: usize) -> Self {
         Self {
             processor,
             semaphore: Arc::new(Semaphore::new(concurrency)),
@@ -134,7 +134,7 @@ impl<H: Handler> Dispatcher<H> {
                     // Boxed: the batch future (which nests a per-message future in its
                     // fallback) is several times larger, and unboxed it would size every
                     // single-message task too; one allocation per pull is noise.
-                    Work::Batch(messages) => Box::pin(processor.process_batch(messages)).await,
+                    Work::Batch(messages) => Box::pin(A::process_many(&processor, messages)).await,
                 }
             };
             tokio::select! {

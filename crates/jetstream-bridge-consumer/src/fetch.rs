@@ -13,9 +13,9 @@ use jetstream_bridge_topology::{ensure_topology, lookup_durable, EnsureOptions, 
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use crate::attempt::Apply;
 use crate::dispatch::Dispatcher;
 use crate::error::{ConsumerError, ConsumerErrorKind};
-use crate::handler::Handler;
 use crate::progress::tick;
 use crate::retry::Doubling;
 use crate::stats::{health_log, Stats};
@@ -33,9 +33,9 @@ pub(crate) struct Fetcher {
 
 impl Fetcher {
     /// Feeds `d` until the token is cancelled (pull or push, as configured).
-    pub(crate) async fn run<H: Handler>(
+    pub(crate) async fn run<A: Apply>(
         &self,
-        d: &mut Dispatcher<H>,
+        d: &mut Dispatcher<A>,
         token: &CancellationToken,
         started: Instant,
     ) {
@@ -49,16 +49,16 @@ impl Fetcher {
     }
 
     /// Pull mode: `batch_size` per pull request until the token is cancelled.
-    async fn pull_loop<H: Handler>(
+    async fn pull_loop<A: Apply>(
         &self,
-        d: &mut Dispatcher<H>,
+        d: &mut Dispatcher<A>,
         token: &CancellationToken,
         started: Instant,
     ) {
         let mut failures = 0u32;
         let mut last_health = Instant::now();
         let batch_size = self.config.batch_size().max(1);
-        let batch_mode = d.processor.batch;
+        let batch_mode = A::BATCH;
         'fetch: loop {
             if token.is_cancelled() {
                 break;
@@ -165,9 +165,9 @@ impl Fetcher {
 
     /// Push mode: a core queue subscription on the delivery subject with the push group (no
     /// JetStream API call); heartbeats are skipped and flow-control requests answered.
-    async fn push_loop<H: Handler>(
+    async fn push_loop<A: Apply>(
         &self,
-        d: &mut Dispatcher<H>,
+        d: &mut Dispatcher<A>,
         token: &CancellationToken,
         started: Instant,
     ) {
@@ -297,11 +297,11 @@ impl Fetcher {
     }
 
     /// A failed pull: recover the durable when allowed, then back off (cancellable).
-    async fn on_fetch_error<H: Handler>(
+    async fn on_fetch_error<A: Apply>(
         &self,
         error: &str,
         failures: u32,
-        d: &Dispatcher<H>,
+        d: &Dispatcher<A>,
         token: &CancellationToken,
     ) {
         self.stats.update(|s| s.fetch_errors += 1);

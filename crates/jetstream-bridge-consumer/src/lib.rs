@@ -16,12 +16,15 @@ mod retry;
 mod runtime;
 mod stats;
 
-pub use builder::{ConsumerBuilder, NoHandler};
+pub use builder::{ConsumerBuilder, NoHandler, NoInbox, WithInbox};
 pub use error::{ConsumerError, ConsumerErrorKind, Result};
 pub use event::{Event, Metadata};
-pub use handler::{BatchHandler, Batched, Handler, HandlerAction, HandlerError};
+pub use handler::{
+    BatchHandler, Batched, Handler, HandlerAction, HandlerError, InboxBatchHandler, InboxHandler,
+};
 pub use middleware::{
-    BoxFuture, LoggingMiddleware, MetricsMiddleware, Middleware, Next, TimeoutMiddleware,
+    BoxFuture, LoggingMiddleware, MetricsMiddleware, MetricsRecorder, Middleware, Next,
+    TimeoutMiddleware,
 };
 pub use runtime::{Consumer, ConsumerHandle};
 pub use stats::{ConsumerStats, ShutdownReport};

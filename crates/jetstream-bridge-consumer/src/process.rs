@@ -6,32 +6,27 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, Message};
-use diesel_async::pooled_connection::deadpool::Pool;
-use diesel_async::AsyncPgConnection;
 use jetstream_bridge_config::{resolve_event_id, DlqReason, Envelope};
-use jetstream_bridge_inbox::{Inbox, Recorded};
+use jetstream_bridge_inbox::Recorded;
 use tracing::{debug, error, warn, Instrument};
 
-use crate::attempt::inbox_entry;
+use crate::attempt::{Apply, BatchApply};
 use crate::dlq::DeadLetter;
 use crate::event::{metadata, Event, Metadata};
-use crate::handler::{Handler, HandlerAction, HandlerError};
+use crate::handler::{HandlerAction, HandlerError};
 use crate::middleware::Middleware;
 use crate::retry::backoff_for;
 use crate::stats::Stats;
 
 /// What processing a message needs, shared by the fetch loop and every message task.
-pub(crate) struct Processor<H> {
+pub(crate) struct Processor<A> {
+    /// The handler slot: the handler, with the inbox's pool when the inbox is on.
+    pub(crate) apply: A,
     pub(crate) js: jetstream::Context,
-    pub(crate) pool: Option<Pool<AsyncPgConnection>>,
-    pub(crate) inbox: Inbox,
-    pub(crate) handler: H,
     pub(crate) middleware: Vec<Arc<dyn Middleware>>,
-    pub(crate) batch: bool,
     pub(crate) stats: Stats,
     pub(crate) dlq_subject: String,
     pub(crate) backoff: Vec<Duration>,
-    pub(crate) use_inbox: bool,
     pub(crate) use_dlq: bool,
     /// The durable's `max_deliver`: the config's, replaced by the server's when it is read.
     pub(crate) max_deliver: AtomicU32,
@@ -39,7 +34,7 @@ pub(crate) struct Processor<H> {
     pub(crate) handler_timeout: Option<Duration>,
 }
 
-impl<H: Handler> Processor<H> {
+impl<A: Apply> Processor<A> {
     /// Processes one message to its final ack / NAK / TERM. Never panics (the handler's panics
     /// are caught), never returns an error (failures are logged and counted).
     pub(crate) async fn process(&self, message: &Message) {
@@ -94,10 +89,13 @@ impl<H: Handler> Processor<H> {
         // publishes carry the same trace id on to the next service.
         let outcome = match event.metadata.traceparent {
             Some(tp) => {
-                self.with_progress(&[message], tp.child().scope(self.attempt(&event)))
+                self.with_progress(&[message], tp.child().scope(A::attempt(self, &event)))
                     .await
             }
-            None => self.with_progress(&[message], self.attempt(&event)).await,
+            None => {
+                self.with_progress(&[message], A::attempt(self, &event))
+                    .await
+            }
         };
         match outcome {
             Ok(recorded) => {
@@ -111,9 +109,7 @@ impl<H: Handler> Processor<H> {
     /// A failed attempt of one message: record it in the inbox, then NAK with the delay for
     /// this delivery, or dead-letter (permanent error, or delivery `max_deliver`).
     async fn failed(&self, message: &Message, event: &Event, e: &HandlerError) {
-        if self.inbox_pool().is_some() {
-            self.record_failure(event, e).await;
-        }
+        self.apply.record_failure(event, e).await;
         let meta = &event.metadata;
         let max_deliver = self.max_deliver.load(Ordering::Relaxed);
         let reason = match e.action() {
@@ -164,81 +160,7 @@ impl<H: Handler> Processor<H> {
         });
     }
 
-    /// Batch mode: the well-formed events of one pull request in **one** inbox transaction:
-    /// one multi-row claim (`Inbox::record_processed_batch`), the batch handler on the new
-    /// events, commit, then every message acked. Malformed bodies are dead-lettered one by one
-    /// first. When the batch fails (handler error, panic, timeout, database error) it rolls
-    /// back as a whole and its messages are processed again one by one (`process`), so only
-    /// the failing ones are retried or dead-lettered and the others commit.
-    pub(crate) async fn process_batch(&self, messages: &[Message]) {
-        let mut refs: Vec<&Message> = Vec::with_capacity(messages.len());
-        let mut events: Vec<Event> = Vec::with_capacity(messages.len());
-        for message in messages {
-            let meta = metadata(message);
-            match Envelope::from_message(
-                meta.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())),
-                &message.payload,
-            ) {
-                Ok(envelope) => {
-                    refs.push(message);
-                    events.push(Event {
-                        envelope,
-                        metadata: meta,
-                    });
-                }
-                // The single-message path dead-letters it (malformed_json), no inbox row.
-                Err(_) => self.process(message).await,
-            }
-        }
-        if events.is_empty() {
-            return;
-        }
-        let span = tracing::info_span!("jetstream_bridge.handle_batch", events = events.len());
-        let outcome = self
-            .with_progress(&refs, self.attempt_batch(&events))
-            .instrument(span)
-            .await;
-        match outcome {
-            Ok(recorded) => self.ack_all(&refs, &recorded).await,
-            Err(e) => {
-                warn!(error = %e, events = refs.len(), "batch failed; processing its events one by one");
-                // The messages still waiting for their turn get in-progress acks on one ticker
-                // across the whole fallback (the one being processed gets its own), so a long
-                // fallback does not let them pass `ack_wait` and be redelivered meanwhile.
-                let started = std::sync::atomic::AtomicUsize::new(0);
-                let fallback = async {
-                    for (i, message) in refs.iter().enumerate() {
-                        started.store(i + 1, Ordering::Relaxed);
-                        self.process(message).await;
-                    }
-                };
-                let waiting = || {
-                    let from = started.load(Ordering::Relaxed).min(refs.len());
-                    &refs[from..]
-                };
-                self.with_progress_of(waiting, fallback).await;
-            }
-        }
-    }
-
-    async fn record_failure(&self, event: &Event, error: &HandlerError) {
-        let Some(pool) = self.inbox_pool() else {
-            return;
-        };
-        let entry = inbox_entry(event);
-        let result = match pool.get().await {
-            Ok(mut conn) => self
-                .inbox
-                .record_failure(&mut conn, &entry, &format!("{}: {error}", error.class()))
-                .await
-                .map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
-        if let Err(e) = result {
-            warn!(error = %e, "could not record the failed attempt in the inbox");
-        }
-    }
-
+    /// NAKs `message` with `delay` (a failed NAK only delays the redelivery to `ack_wait`).
     pub(crate) async fn nak(&self, message: &Message, delay: Duration) {
         if let Err(e) = message.ack_with(AckKind::Nak(Some(delay))).await {
             warn!(error = %e, "NAK failed; the message will be redelivered after ack_wait");
@@ -297,6 +219,65 @@ impl<H: Handler> Processor<H> {
                     "DLQ publish failed; the original is not acked");
                 self.nak(message, delay).await;
                 self.stats.update(|s| s.dlq_publish_failures += 1);
+            }
+        }
+    }
+}
+
+impl<A: BatchApply> Processor<A> {
+    /// Batch mode: the well-formed events of one pull request in **one** inbox transaction:
+    /// one multi-row claim (`Inbox::record_processed_batch`), the batch handler on the new
+    /// events, commit, then every message acked. Malformed bodies are dead-lettered one by one
+    /// first. When the batch fails (handler error, panic, timeout, database error) it rolls
+    /// back as a whole and its messages are processed again one by one (`process`), so only
+    /// the failing ones are retried or dead-lettered and the others commit.
+    pub(crate) async fn process_batch(&self, messages: &[Message]) {
+        let mut refs: Vec<&Message> = Vec::with_capacity(messages.len());
+        let mut events: Vec<Event> = Vec::with_capacity(messages.len());
+        for message in messages {
+            let meta = metadata(message);
+            match Envelope::from_message(
+                meta.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+                &message.payload,
+            ) {
+                Ok(envelope) => {
+                    refs.push(message);
+                    events.push(Event {
+                        envelope,
+                        metadata: meta,
+                    });
+                }
+                // The single-message path dead-letters it (malformed_json), no inbox row.
+                Err(_) => self.process(message).await,
+            }
+        }
+        if events.is_empty() {
+            return;
+        }
+        let span = tracing::info_span!("jetstream_bridge.handle_batch", events = events.len());
+        let outcome = self
+            .with_progress(&refs, A::attempt_batch(self, &events))
+            .instrument(span)
+            .await;
+        match outcome {
+            Ok(recorded) => self.ack_all(&refs, &recorded).await,
+            Err(e) => {
+                warn!(error = %e, events = refs.len(), "batch failed; processing its events one by one");
+                // The messages still waiting for their turn get in-progress acks on one ticker
+                // across the whole fallback (the one being processed gets its own), so a long
+                // fallback does not let them pass `ack_wait` and be redelivered meanwhile.
+                let started = std::sync::atomic::AtomicUsize::new(0);
+                let fallback = async {
+                    for (i, message) in refs.iter().enumerate() {
+                        started.store(i + 1, Ordering::Relaxed);
+                        self.process(message).await;
+                    }
+                };
+                let waiting = || {
+                    let from = started.load(Ordering::Relaxed).min(refs.len());
+                    &refs[from..]
+                };
+                self.with_progress_of(waiting, fallback).await;
             }
         }
     }

@@ -9,36 +9,49 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::attempt::Apply;
 use crate::dispatch::Dispatcher;
 use crate::error::{ConsumerError, ConsumerErrorKind, Result};
 use crate::fetch::Fetcher;
-use crate::handler::Handler;
+use crate::middleware::BoxFuture;
 use crate::process::Processor;
-use crate::stats::{ConsumerStats, ShutdownReport};
+use crate::stats::{ConsumerStats, ShutdownReport, Stats};
 
 /// The consumer runtime of one durable: pull, handle, ack / retry / dead-letter, shut down
-/// gracefully. See the crate documentation.
+/// gracefully. Built by [`Consumer::builder`]; see the crate documentation.
 #[must_use]
-pub struct Consumer<H> {
-    pub(crate) processor: Arc<Processor<H>>,
-    pub(crate) fetcher: Fetcher,
-    pub(crate) concurrency: usize,
-    pub(crate) shutdown_timeout: Duration,
+pub struct Consumer {
+    run: Box<dyn FnOnce(CancellationToken) -> BoxFuture<'static, ShutdownReport> + Send>,
+    stats: Stats,
+    summary: Summary,
 }
 
-impl<H> std::fmt::Debug for Consumer<H> {
+/// What `Debug` shows of a consumer.
+#[derive(Debug)]
+struct Summary {
+    stream: String,
+    durable: String,
+    inbox: bool,
+    batch: bool,
+    concurrency: usize,
+    shutdown_timeout: Duration,
+}
+
+impl std::fmt::Debug for Consumer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let config = &self.fetcher.config;
+        let s = &self.summary;
         f.debug_struct("Consumer")
-            .field("stream", &config.stream_name().as_str())
-            .field("durable", &config.durable_name().as_str())
-            .field("concurrency", &self.concurrency)
-            .field("shutdown_timeout", &self.shutdown_timeout)
+            .field("stream", &s.stream)
+            .field("durable", &s.durable)
+            .field("inbox", &s.inbox)
+            .field("batch", &s.batch)
+            .field("concurrency", &s.concurrency)
+            .field("shutdown_timeout", &s.shutdown_timeout)
             .finish_non_exhaustive()
     }
 }
 
-impl<H: Handler> Consumer<H> {
+impl Consumer {
     /// Runs until `signal` completes, then shuts down gracefully (stop fetching, finish
     /// in-flight work within the shutdown timeout) and returns the report.
     ///
@@ -67,7 +80,7 @@ impl<H: Handler> Consumer<H> {
                 }
             }
         };
-        let (report, ()) = tokio::join!(self.run(token), watcher);
+        let (report, ()) = tokio::join!((self.run)(token), watcher);
         Ok(report)
     }
 
@@ -75,13 +88,42 @@ impl<H: Handler> Consumer<H> {
     pub fn spawn(self) -> ConsumerHandle {
         let token = CancellationToken::new();
         let stats = self.stats();
-        let join = tokio::spawn(self.run(token.clone()));
+        let join = tokio::spawn((self.run)(token.clone()));
         ConsumerHandle { token, join, stats }
     }
 
     /// The counters, as a watch receiver.
     pub fn stats(&self) -> watch::Receiver<ConsumerStats> {
-        self.fetcher.stats.subscribe()
+        self.stats.subscribe()
+    }
+}
+
+/// A built consumer with its handler slot's type: fetcher, processor and their settings.
+pub(crate) struct Runtime<A> {
+    pub(crate) processor: Arc<Processor<A>>,
+    pub(crate) fetcher: Fetcher,
+    pub(crate) concurrency: usize,
+    pub(crate) shutdown_timeout: Duration,
+}
+
+impl<A: Apply> Runtime<A> {
+    /// The public, handler-agnostic consumer: the whole run is one boxed future, the message
+    /// path inside it stays monomorphic.
+    pub(crate) fn into_consumer(self) -> Consumer {
+        let config = &self.fetcher.config;
+        let summary = Summary {
+            stream: config.stream_name().as_str().to_owned(),
+            durable: config.durable_name().as_str().to_owned(),
+            inbox: A::INBOX,
+            batch: A::BATCH,
+            concurrency: self.concurrency,
+            shutdown_timeout: self.shutdown_timeout,
+        };
+        Consumer {
+            stats: self.fetcher.stats.clone(),
+            summary,
+            run: Box::new(move |token| Box::pin(self.run(token))),
+        }
     }
 
     async fn run(self, token: CancellationToken) -> ShutdownReport {
@@ -92,6 +134,8 @@ impl<H: Handler> Consumer<H> {
             stream = config.stream_name().as_str(),
             durable = config.durable_name().as_str(),
             mode = ?config.consumer_mode(),
+            inbox = A::INBOX,
+            batch = A::BATCH,
             concurrency = self.concurrency,
             "consumer started"
         );
@@ -102,7 +146,7 @@ impl<H: Handler> Consumer<H> {
     }
 
     /// Shutdown: fetching has stopped; finish in-flight work within the deadline.
-    async fn drain(&self, d: Dispatcher<H>) -> ShutdownReport {
+    async fn drain(&self, d: Dispatcher<A>) -> ShutdownReport {
         let stats = &self.fetcher.stats;
         stats.update(|s| s.shutting_down = true);
         let in_flight_at_stop = stats.get().in_flight;
