@@ -9,6 +9,7 @@ mod envelope;
 mod error;
 mod preset;
 mod redact;
+mod shutdown;
 mod subject;
 mod trace;
 mod url;
@@ -28,6 +29,7 @@ pub use error::{
 };
 pub use preset::Preset;
 pub use redact::{redact_url, Redacted, Secret};
+pub use shutdown::Shutdown;
 pub use subject::{
     subject_matches, subjects_overlap, validate_literal_subject, validate_subject, NatsName,
     Subject, SubjectLayout, SubjectToken, Subjects, SubjectsBuilder, MAX_TOKEN_CHARS,
