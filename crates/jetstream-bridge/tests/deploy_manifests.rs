@@ -132,9 +132,16 @@ fn array(value: &Value) -> &[Value] {
     value.as_array().map(Vec::as_slice).unwrap_or_default()
 }
 
+/// The pod spec of a Deployment or Job, or of a CronJob's job template.
 fn pod_spec(doc: &Doc) -> &Value {
-    &doc.value["spec"]["template"]["spec"]
+    match doc.kind() {
+        "CronJob" => &doc.value["spec"]["jobTemplate"]["spec"]["template"]["spec"],
+        _ => &doc.value["spec"]["template"]["spec"],
+    }
 }
+
+/// Kinds whose pods run our programs.
+const WORKLOADS: [&str; 3] = ["Deployment", "Job", "CronJob"];
 
 /// The containers of a workload, init containers first.
 fn containers(doc: &Doc) -> Vec<&Value> {
@@ -339,7 +346,7 @@ fn env_problems(docs: &[Doc], known: &BTreeSet<String>) -> Vec<String> {
                     }
                 }
             }
-            "Deployment" | "Job" => {
+            kind if WORKLOADS.contains(&kind) => {
                 for c in containers(doc) {
                     for var in array(&c["env"]) {
                         let name = var["name"].as_str().unwrap_or_default();
@@ -580,6 +587,7 @@ fn every_manifest_is_a_named_kubernetes_object() {
         "Secret",
         "Deployment",
         "Job",
+        "CronJob",
         "ScaledObject",
         "HorizontalPodAutoscaler",
         "PodDisruptionBudget",
@@ -679,6 +687,25 @@ fn workers_and_provisioning_share_one_valid_configuration() {
         "the Job must run migrate, then ensure-topology: {steps:?}"
     );
     assert_eq!(pod_spec(job)["restartPolicy"], "Never");
+
+    // Maintenance jobs run with the workers' configuration and identity.
+    for cron in docs.iter().filter(|d| d.kind() == "CronJob") {
+        for c in containers(cron) {
+            let env = container_env(&docs, c);
+            assert_eq!(
+                normalise(&env),
+                normalise(&worker_env),
+                "{}",
+                container_name(c)
+            );
+            assert_eq!(
+                env["DATABASE_URL"],
+                worker_env["DATABASE_URL"],
+                "{}",
+                container_name(c)
+            );
+        }
+    }
 }
 
 /// KEDA watches the stream and durable the configuration derives, and scales the worker
