@@ -211,12 +211,17 @@ fn config_env_vars() -> BTreeSet<String> {
 }
 
 /// Variables the deployed programs read besides the configuration: those the worker example
-/// reads, if it exists.
+/// and the command line read, where they exist.
 fn program_env_vars() -> BTreeSet<String> {
-    let path = workspace().join("crates/jetstream-bridge/examples/worker.rs");
-    std::fs::read_to_string(path)
-        .map(|source| quoted_upper_names(&source))
-        .unwrap_or_default()
+    let mut sources = vec![workspace().join("crates/jetstream-bridge/examples/worker.rs")];
+    if let Ok(entries) = std::fs::read_dir(workspace().join("crates/jetstream-bridge-cli/src")) {
+        sources.extend(entries.map(|e| e.unwrap().path()));
+    }
+    sources
+        .iter()
+        .filter_map(|path| std::fs::read_to_string(path).ok())
+        .flat_map(|source| quoted_upper_names(&source))
+        .collect()
 }
 
 /// Series names (as PromQL sees them) of every metric the registry holds: `# TYPE` lines of
@@ -295,21 +300,46 @@ fn documented_health_port() -> u64 {
 }
 
 /// The consumer's default shutdown timeout (`shutdown_timeout: Duration::from_secs(N)` in the
-/// builder's defaults; the value is not public).
+/// builder's defaults, somewhere in the consumer crate's sources; the value is not public).
 fn consumer_shutdown_timeout() -> Duration {
-    let source = read("crates/jetstream-bridge-consumer/src/runtime.rs");
-    let secs = source
-        .lines()
-        .find_map(|line| {
-            line.trim()
-                .strip_prefix("shutdown_timeout: Duration::from_secs(")?
-                .split(')')
-                .next()?
-                .parse::<u64>()
-                .ok()
+    let dir = workspace().join("crates/jetstream-bridge-consumer/src");
+    let mut files = Vec::new();
+    rust_files(&dir, &mut files);
+    let found: BTreeSet<u64> = files
+        .iter()
+        .flat_map(|path| {
+            let source = std::fs::read_to_string(path).unwrap();
+            source
+                .lines()
+                .filter_map(|line| {
+                    line.trim()
+                        .strip_prefix("shutdown_timeout: Duration::from_secs(")?
+                        .split(')')
+                        .next()?
+                        .parse::<u64>()
+                        .ok()
+                })
+                .collect::<Vec<_>>()
         })
-        .expect("the consumer's default shutdown_timeout is no longer `Duration::from_secs(N)`");
-    Duration::from_secs(secs)
+        .collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "expected one default `shutdown_timeout: Duration::from_secs(N)` in {}, found {found:?}",
+        dir.display()
+    );
+    Duration::from_secs(found.into_iter().next().unwrap())
+}
+
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|ext| ext == "rs") {
+            out.push(path);
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
