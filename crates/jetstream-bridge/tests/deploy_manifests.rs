@@ -6,7 +6,7 @@
 //!
 //! Every YAML document under `deploy/` is parsed. The checks are functions over the parsed
 //! documents, so the last tests feed them broken manifests and assert that they complain.
-#![cfg(feature = "health")]
+#![cfg(feature = "http")]
 // Test support: a panic is the failure report.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
