@@ -174,12 +174,16 @@ pub enum ConfigProblem {
         /// The allowed range, in words (e.g. `1..=5`, `at least 1`).
         expected: &'static str,
     },
-    /// An entry of `nats_urls` is invalid. The URL is shown with its credentials masked.
+    /// An entry of `nats_urls` is invalid. The entry is shown as it appears in the masked
+    /// list: everything from the list's first `scheme://` to its **last** `@` is hidden, even
+    /// across entries, because a comma inside a password cannot be told apart from a list
+    /// separator (`nats://u:pa,nats://ss@h`). So in `nats://h:0,nats://u:p@h2` the first entry
+    /// is shown as `nats://***`.
     #[error("invalid NATS URL `nats_urls[{index}]` {url}: {reason}")]
     InvalidNatsUrl {
-        /// Zero-based position in the comma-separated list (counting skipped empty entries).
+        /// Zero-based position among the list's entries.
         index: usize,
-        /// The entry with credentials masked.
+        /// The entry, already masked; [`Redacted::expose`] gives the masked text too.
         url: Redacted<String>,
         /// What is wrong with it.
         reason: NatsUrlError,
@@ -269,8 +273,8 @@ pub enum SubjectTokenError {
         /// Its length in characters.
         chars: usize,
     },
-    /// The value contains a forbidden character: `.`, `*`, `>`, whitespace, a C0 control
-    /// character or DEL (and, in stream and consumer names, `/` or `\`).
+    /// The value contains a forbidden character: `.`, `*`, `>`, whitespace or a control
+    /// character (C0, DEL, C1) (and, in stream and consumer names, `/` or `\`).
     #[error("contains {ch:?} at character {position}; `.`, `*`, `>`, whitespace and control characters are not allowed")]
     ForbiddenChar {
         /// The character.
@@ -293,7 +297,7 @@ pub enum SubjectError {
         /// Zero-based token index.
         index: usize,
     },
-    /// The subject contains whitespace, a C0 control character or DEL.
+    /// The subject contains whitespace or a control character (C0, DEL, C1).
     #[error("contains {ch:?} at character {position}; whitespace and control characters are not allowed")]
     ForbiddenChar {
         /// The character.
@@ -362,7 +366,8 @@ pub enum DurationError {
     Zero,
 }
 
-/// Why an entry of a NATS URL list is invalid. Never contains any part of the URL itself.
+/// Why an entry of a NATS URL list is invalid. Never contains any part of the URL itself, except
+/// the scheme of [`UnsupportedScheme`](Self::UnsupportedScheme).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum NatsUrlError {
@@ -387,6 +392,22 @@ pub enum NatsUrlError {
     /// The URL contains whitespace or a control character.
     #[error("contains whitespace or a control character")]
     InvalidCharacter,
+    /// A `/`, `?` or `#` comes before the URL's last `@`: credentials holding those characters
+    /// raw (or an `@` in a path, query or fragment). The credentials would end early and part of
+    /// them would become the host.
+    #[error(
+        "a `/`, `?` or `#` comes before the last `@`: percent-encode the user name and password \
+         (`/` as %2F, `?` as %3F, `#` as %23)"
+    )]
+    UnencodedCredentials,
+    /// The URL contains a comma. Commas separate the URLs of a list, so a list entry that does
+    /// not start with a scheme (`nats://a:4222,b:4222`), or credentials holding a raw comma
+    /// (`nats://user:pa,ss@host`), cannot be read safely.
+    #[error(
+        "contains a comma: give every server its own scheme (`nats://a:4222,nats://b:4222`) \
+         and percent-encode a comma in a user name or password as %2C"
+    )]
+    UnexpectedComma,
     /// The URL does not parse for another reason.
     #[error("malformed URL: {reason}")]
     Malformed {

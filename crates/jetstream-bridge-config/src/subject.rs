@@ -14,12 +14,13 @@ use crate::error::{
 /// The most characters a [`SubjectToken`] or [`NatsName`] may have.
 pub const MAX_TOKEN_CHARS: usize = 255;
 
-fn is_c0_or_del(c: char) -> bool {
-    c <= '\u{1f}' || c == '\u{7f}'
+/// Whitespace or a control character (C0, DEL and C1: every [`char::is_control`]).
+fn is_space_or_control(c: char) -> bool {
+    c.is_whitespace() || c.is_control()
 }
 
 fn is_forbidden_token_char(c: char) -> bool {
-    matches!(c, '.' | '*' | '>') || c.is_whitespace() || is_c0_or_del(c)
+    matches!(c, '.' | '*' | '>') || is_space_or_control(c)
 }
 
 fn is_forbidden_name_char(c: char) -> bool {
@@ -66,7 +67,7 @@ pub fn validate_subject(subject: &str) -> Result<(), SubjectError> {
     if let Some((position, ch)) = subject
         .chars()
         .enumerate()
-        .find(|&(_, c)| c.is_whitespace() || is_c0_or_del(c))
+        .find(|&(_, c)| is_space_or_control(c))
     {
         return Err(SubjectError::ForbiddenChar { ch, position });
     }
@@ -273,7 +274,8 @@ validated_string!(
     ///
     /// - [`SubjectToken`] (env, app name, destination app, push group): non-empty, at most
     ///   [`MAX_TOKEN_CHARS`] characters (Unicode scalar values, not bytes), and none of `.`, `*`, `>`,
-    ///   any Unicode whitespace, C0 control characters (`U+0000..=U+001F`) or DEL (`U+007F`). The
+    ///   any Unicode whitespace or control characters (C0 `U+0000..=U+001F`, DEL `U+007F`, C1
+    ///   `U+0080..=U+009F`). The
     ///   value is validated exactly as it will be used: nothing is trimmed, so `" api"` is rejected
     ///   (the gem validated the trimmed value and used the raw one, lesson L-R29).
     /// - [`NatsName`] (stream and durable consumer names): the token rules plus no `/` or `\` (the
@@ -867,6 +869,7 @@ mod tests {
             Just('>'),
             Just('\u{7f}'),
             (0u32..=0x1f).prop_map(|c| char::from_u32(c).unwrap()),
+            (0x80u32..=0x9f).prop_map(|c| char::from_u32(c).unwrap()),
             prop::sample::select(vec![
                 ' ', '\t', '\n', '\r', '\u{0b}', '\u{0c}', '\u{85}', '\u{a0}', '\u{1680}',
                 '\u{2000}', '\u{2009}', '\u{2028}', '\u{2029}', '\u{202f}', '\u{205f}', '\u{3000}'
@@ -910,6 +913,9 @@ mod tests {
             ("a\u{0}b", '\u{0}', 1),
             ("a\u{1b}", '\u{1b}', 1),
             ("a\u{7f}", '\u{7f}', 1),
+            ("a\u{80}", '\u{80}', 1),
+            ("a\u{85}b", '\u{85}', 1),
+            ("ab\u{9f}", '\u{9f}', 2),
             ("a\u{a0}b", '\u{a0}', 1),
             ("é\u{3000}", '\u{3000}', 1),
         ] {
@@ -1008,6 +1014,13 @@ mod tests {
             Err(SubjectError::ForbiddenChar {
                 ch: '\u{7f}',
                 position: 1
+            })
+        );
+        assert_eq!(
+            validate_subject("a.\u{9b}b"),
+            Err(SubjectError::ForbiddenChar {
+                ch: '\u{9b}',
+                position: 2
             })
         );
         assert_eq!(
