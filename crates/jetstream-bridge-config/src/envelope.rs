@@ -1,7 +1,7 @@
 //! The wire envelope (schema version 1), byte-compatible with what the Ruby gem emits, and the
 //! wire constants around it (message-id and DLQ headers, DLQ reasons and context).
 //!
-//! Wire format (SPEC §3, §9): one compact JSON object with the keys
+//! Wire format: one compact JSON object with the keys
 //! `event_id, schema_version, event_type, producer, resource_id, occurred_at, trace_id,
 //! resource_type, payload` in this order; `resource_id` always a string (`""` when the payload has
 //! no id); `occurred_at` in UTC at whole seconds with `Z`; non-ASCII and `/ < > &` unescaped.
@@ -194,7 +194,7 @@ impl Envelope {
 
     /// Parses a received message: the event id comes from the `Nats-Msg-Id` header (any case,
     /// see [`event_id_from_headers`]) and, only when no valid header is present, from the body's
-    /// `event_id` (SPEC §3, the gem's inbox rule). The header id then also becomes
+    /// `event_id` (the gem's inbox rule). The header id then also becomes
     /// [`event_id`](Self::event_id), so the id a handler sees is the id the inbox dedupes on.
     ///
     /// # Errors
@@ -484,7 +484,7 @@ impl EnvelopeBuilder {
 
     /// When the event happened, instead of now: a [`Timestamp`], a `time::OffsetDateTime`, a
     /// `std::time::SystemTime`, or a string in a form [`Timestamp::parse`] accepts (as the gem's
-    /// hash form allows, lesson L-R28). Normalized to UTC and truncated to whole seconds; checked
+    /// hash form allows). Normalized to UTC and truncated to whole seconds; checked
     /// in [`build`](Self::build).
     pub fn occurred_at<T>(mut self, occurred_at: T) -> Self
     where

@@ -164,6 +164,22 @@ pub enum ConfigProblem {
         /// What is wrong with it.
         reason: DurationError,
     },
+    /// `backoff` lists more delays than `max_deliver` allows. After failed delivery `n` the
+    /// bridge waits `backoff[n-1]` and the last delivery goes to the DLQ, so at most
+    /// `max_deliver - 1` delays apply; one per delivery (`max_deliver` of them) is accepted, as
+    /// the gem's defaults list.
+    #[error(
+        "`backoff` lists {delays} delays but `max_deliver` {max_deliver} lets at most {} apply \
+         (after failed delivery n the bridge waits backoff[n-1]; the last delivery goes to the \
+         DLQ): list at most {max_deliver}, or raise `max_deliver`",
+        max_deliver.saturating_sub(1)
+    )]
+    BackoffTooLong {
+        /// How many delays `backoff` lists.
+        delays: usize,
+        /// The configured `max_deliver`.
+        max_deliver: u32,
+    },
     /// A number is outside its allowed range.
     #[error("`{field}` is {value}, expected {expected}")]
     OutOfRange {
@@ -251,7 +267,7 @@ impl ConfigProblem {
             | Self::Reserved { field, .. }
             | Self::InvalidValue { field, .. }
             | Self::InvalidSecret { field, .. } => Some(field),
-            Self::InvalidBackoff { .. } => Some("backoff"),
+            Self::InvalidBackoff { .. } | Self::BackoffTooLong { .. } => Some("backoff"),
             Self::InvalidNatsUrl { .. } => Some("nats_urls"),
             Self::EnvVar { .. } => None,
         }

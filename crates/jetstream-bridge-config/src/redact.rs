@@ -13,7 +13,7 @@ const MASK: &str = "***";
 /// Masks the credentials of a URL or DSN for display. Never fails and never panics, whatever
 /// the input.
 ///
-/// Rules (the seed's examples, SPEC §8):
+/// Rules:
 ///
 /// | input | shown as |
 /// |---|---|

@@ -1,4 +1,4 @@
-//! Subjects and names (SPEC §1): validated components, the two layouts, and NATS wildcard
+//! Subjects and names: validated components, the two layouts, and NATS wildcard
 //! matching. The layouts are documented on [`Subjects`], the validation rules on
 //! [`SubjectToken`].
 
@@ -115,7 +115,7 @@ pub fn validate_literal_subject(subject: &str) -> Result<(), SubjectError> {
 /// exactly one token, `>` (last token only) one or more.
 ///
 /// [`subject_matches`] and [`subjects_overlap`] follow NATS: `*` matches exactly one token, `>`
-/// one or more tokens, so `a.>` does **not** match `a` (the gem got this wrong, lesson L-R18).
+/// one or more tokens, so `a.>` does **not** match `a` (the gem got this wrong).
 ///
 /// Returns `false` when `pattern` is not a valid subject or `subject` is not a valid literal one.
 ///
@@ -277,7 +277,7 @@ validated_string!(
     ///   any Unicode whitespace or control characters (C0 `U+0000..=U+001F`, DEL `U+007F`, C1
     ///   `U+0080..=U+009F`). The
     ///   value is validated exactly as it will be used: nothing is trimmed, so `" api"` is rejected
-    ///   (the gem validated the trimmed value and used the raw one, lesson L-R29).
+    ///   (the gem validated the trimmed value and used the raw one).
     /// - [`NatsName`] (stream and durable consumer names): the token rules plus no `/` or `\` (the
     ///   server stores streams and consumers as directories).
     /// - Subjects ([`validate_subject`]): non-empty tokens separated by `.`, no whitespace or control
@@ -350,12 +350,12 @@ impl From<NatsName> for SubjectToken {
     }
 }
 
-/// Which subject layout a service uses (SPEC §1). Both must interoperate with Ruby peers.
+/// Which subject layout a service uses. Both must interoperate with Ruby peers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 #[non_exhaustive]
 pub enum SubjectLayout {
-    /// `{env}.{app}.sync.{dest}` (the seed's default, gem 4.0–4.4). Requires an env.
+    /// `{env}.{app}.sync.{dest}` (the default, as in gem 4.0–4.4). Requires an env.
     #[default]
     EnvPrefixed,
     /// `{app}.sync.{dest}` (gem ≥ 4.5). The env, if given, is not used in subjects or names.
@@ -570,6 +570,24 @@ pub struct SubjectsBuilder {
 }
 
 impl SubjectsBuilder {
+    /// Replaces the environment name given to [`Subjects::builder`].
+    pub fn env(mut self, env: impl Into<String>) -> Self {
+        self.env = env.into();
+        self
+    }
+
+    /// Replaces this service's name given to [`Subjects::builder`].
+    pub fn app_name(mut self, app_name: impl Into<String>) -> Self {
+        self.app_name = app_name.into();
+        self
+    }
+
+    /// Replaces the peer service's name given to [`Subjects::builder`].
+    pub fn destination_app(mut self, destination_app: impl Into<String>) -> Self {
+        self.destination_app = destination_app.into();
+        self
+    }
+
     /// Chooses the layout (default [`SubjectLayout::EnvPrefixed`]).
     pub fn layout(mut self, layout: SubjectLayout) -> Self {
         self.layout = layout;
@@ -598,6 +616,18 @@ impl SubjectsBuilder {
     pub fn push_consumer_group(mut self, group: impl Into<String>) -> Self {
         self.push_group = Some(group.into());
         self
+    }
+
+    pub(crate) fn set_env(&mut self, v: String) {
+        self.env = v;
+    }
+
+    pub(crate) fn set_app_name(&mut self, v: String) {
+        self.app_name = v;
+    }
+
+    pub(crate) fn set_destination_app(&mut self, v: String) {
+        self.destination_app = v;
     }
 
     pub(crate) fn set_layout(&mut self, layout: SubjectLayout) {

@@ -33,7 +33,7 @@ pub enum EnvelopeError {
         reason: String,
     },
     /// The body is valid JSON but not an object (`null`, a boolean, a number, a string or an
-    /// array): the gem's lesson L-R12, such bodies are malformed, not retryable.
+    /// array): as the gem learned, such bodies are malformed, not retryable.
     #[error("body is {found}, not a JSON object")]
     NotAnObject {
         /// The JSON kind found: `"null"`, `"a boolean"`, `"a number"`, `"a string"`, `"an array"`.
