@@ -318,7 +318,8 @@ prop_compose! {
         producer in "\\PC{1,20}",
         payload in json_object(),
         event_id in event_id(),
-        trace_id in "[0-9a-f]{16}",
+        // Ours (16 hex) or what gem users pass: any header-safe text.
+        trace_id in prop_oneof!["[0-9a-f]{16}", "[!-~]([ -~]{0,60}[!-~])?", "[a-zé東_-]{1,20}"],
         // 0000-01-01T00:00:00Z ..= 9999-12-31T23:59:59Z
         occurred_at in -62_167_219_200_i64..=253_402_300_799,
         resource_id in proptest::option::of(any::<String>()),

@@ -166,7 +166,7 @@ mod tests {
             EnvelopeError::MissingField {
                 field: "event_type",
             },
-            EnvelopeError::invalid("trace_id", "must be 16 lowercase hex characters"),
+            EnvelopeError::invalid("trace_id", "must not be empty"),
             EnvelopeError::TooLarge {
                 size: 2_000_000,
                 max: 1_048_576,
