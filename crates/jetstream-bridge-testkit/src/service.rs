@@ -88,7 +88,9 @@ impl TestNats {
                 }
                 Ok(Some(Err(e))) => panic!("wait_for_event: reading {stream:?}: {e}"),
                 Ok(None) | Err(_) => {
-                    panic!("wait_for_event: no message {event_id:?} in {stream:?} within {timeout:?}")
+                    panic!(
+                        "wait_for_event: no message {event_id:?} in {stream:?} within {timeout:?}"
+                    )
                 }
             }
         }

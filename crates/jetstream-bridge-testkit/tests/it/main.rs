@@ -8,8 +8,8 @@ mod eventually;
 mod fault_nats_cluster;
 mod fault_nats_server;
 mod fault_pg_server;
-mod shared_nats;
 mod service;
+mod shared_nats;
 mod test_db;
 
 /// Whether a process with this PID exists (a reaped child does not).
