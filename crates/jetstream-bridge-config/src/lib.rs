@@ -13,6 +13,7 @@ mod shutdown;
 mod subject;
 mod trace;
 mod url;
+mod warning;
 
 pub use builder::{ConfigBuilder, DurationInput};
 pub use config::{Config, ConsumerMode, DEFAULT_NATS_URL};
@@ -36,6 +37,7 @@ pub use subject::{
 };
 pub use trace::{TraceParent, TraceParentError};
 pub use url::{NatsUrl, NatsUrls};
+pub use warning::ConfigWarning;
 
 /// `Result` with [`ConfigError`] as the default error type.
 pub type Result<T, E = ConfigError> = std::result::Result<T, E>;
