@@ -196,6 +196,7 @@ impl<A: Apply> Processor<A> {
             stream: &meta.stream,
             consumer: &meta.consumer,
             stream_sequence: meta.stream_sequence,
+            consumer_sequence: meta.consumer_sequence,
         };
         let headers = letter.headers(message.headers.as_ref());
         let published = match self

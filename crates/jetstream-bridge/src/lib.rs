@@ -1,8 +1,16 @@
 #![doc = include_str!("../README.md")]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[cfg(any(feature = "outbox", feature = "consumer", feature = "health"))]
+mod bridge;
 mod error;
 
+#[cfg(any(feature = "outbox", feature = "consumer", feature = "health"))]
+#[cfg_attr(
+    docsrs,
+    doc(cfg(any(feature = "outbox", feature = "consumer", feature = "health")))
+)]
+pub use bridge::{Bridge, BridgeReport, StopCause, DEFAULT_SHUTDOWN_TIMEOUT};
 pub use error::{Error, Result};
 
 /// Configuration, subjects, durations, URL masking and the wire envelope
@@ -13,7 +21,8 @@ pub use jetstream_bridge_config as config;
 #[doc(inline)]
 pub use jetstream_bridge_config::{
     Config, ConfigBuilder, ConfigError, ConsumerMode, DlqContext, DlqReason, Envelope,
-    EnvelopeError, EventId, Preset, Redacted, Subject, SubjectLayout, Subjects, TraceParent,
+    EnvelopeError, EventId, Preset, Redacted, Shutdown, Subject, SubjectLayout, Subjects,
+    TraceParent,
 };
 
 #[cfg(feature = "topology")]
@@ -40,13 +49,20 @@ pub use jetstream_bridge_outbox::{
     NewEvent, Outbox, OutboxError, OutboxErrorKind, Published, Publisher, Relay,
 };
 
+/// PostgreSQL plumbing: the embedded migrations and their runner ([`pg::Migrator`]), database
+/// error classification, the pool type, retention (the `jetstream-bridge-pg` crate).
+#[cfg(feature = "pg")]
+#[cfg_attr(docsrs, doc(cfg(feature = "pg")))]
+#[doc(inline)]
+pub use jetstream_bridge_pg as pg;
+
 /// The NATS client this crate is built against, so applications name the same version.
 #[cfg(any(feature = "topology", feature = "outbox", feature = "consumer"))]
 pub use async_nats;
 
 /// The async PostgreSQL layer this crate is built against (the connections passed to
 /// `Outbox::enqueue` and to handlers).
-#[cfg(any(feature = "outbox", feature = "inbox", feature = "consumer"))]
+#[cfg(feature = "pg")]
 pub use diesel_async;
 
 #[cfg(feature = "inbox")]
