@@ -7,7 +7,7 @@ use std::panic::AssertUnwindSafe;
 
 use async_nats::jetstream::Message;
 use diesel_async::pooled_connection::deadpool::{Object, Pool};
-use diesel_async::{AsyncConnection, AsyncPgConnection};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use futures_util::FutureExt;
 use jetstream_bridge_inbox::{Inbox, InboxEntry, InboxError, Recorded};
 use tracing::{error, warn};
@@ -17,6 +17,7 @@ use crate::handler::{
     BatchHandler, Batched, Handler, HandlerError, InboxBatchHandler, InboxHandler,
 };
 use crate::middleware::{CallInTx, Next, Target};
+use crate::outage::is_pool_outage;
 use crate::process::Processor;
 
 /// A consumer's handler slot: how one attempt at an event runs, and how the messages of one
@@ -39,6 +40,11 @@ pub(crate) trait Apply: Send + Sync + Sized + 'static {
         event: &Event,
         error: &HandlerError,
     ) -> impl Future<Output = ()> + Send;
+
+    /// Whether the database answers again after an outage: `Err` with the reason while it
+    /// does not. Without the inbox the runtime knows no database, so this just lets the held
+    /// messages try again (the backoff between probes still applies).
+    fn probe(&self) -> impl Future<Output = Result<(), String>> + Send;
 
     /// Processes the messages of one pull request, one by one in stream order (batch slots:
     /// as one batch).
@@ -82,6 +88,10 @@ impl<H: Handler> Apply for Direct<H> {
     }
 
     async fn record_failure(&self, _event: &Event, _error: &HandlerError) {}
+
+    async fn probe(&self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 impl<B: BatchHandler> Apply for Direct<Batched<B>> {
@@ -96,6 +106,10 @@ impl<B: BatchHandler> Apply for Direct<Batched<B>> {
     }
 
     async fn record_failure(&self, _event: &Event, _error: &HandlerError) {}
+
+    async fn probe(&self) -> Result<(), String> {
+        Ok(())
+    }
 
     async fn process_many(p: &Processor<Self>, messages: &[Message]) {
         p.process_batch(messages).await;
@@ -125,6 +139,10 @@ impl<H: InboxHandler> Apply for Transactional<H> {
     async fn record_failure(&self, event: &Event, error: &HandlerError) {
         self.write_failure(event, error).await;
     }
+
+    async fn probe(&self) -> Result<(), String> {
+        self.probe_database().await
+    }
 }
 
 impl<B: InboxBatchHandler> Apply for Transactional<Batched<B>> {
@@ -137,6 +155,10 @@ impl<B: InboxBatchHandler> Apply for Transactional<Batched<B>> {
 
     async fn record_failure(&self, event: &Event, error: &HandlerError) {
         self.write_failure(event, error).await;
+    }
+
+    async fn probe(&self) -> Result<(), String> {
+        self.probe_database().await
     }
 
     async fn process_many(p: &Processor<Self>, messages: &[Message]) {
@@ -217,6 +239,23 @@ impl<H: CallInTx> Transactional<H> {
 }
 
 impl<H> Transactional<H> {
+    /// A connection from the pool, and the server accepts writes (not a standby in recovery,
+    /// not read-only).
+    async fn probe_database(&self) -> Result<(), String> {
+        let mut conn = self.pool.get().await.map_err(|e| e.to_string())?;
+        let state: ReadOnly = diesel::sql_query(
+            "SELECT pg_is_in_recovery() OR current_setting('transaction_read_only') = 'on' \
+             AS read_only",
+        )
+        .get_result(&mut *conn)
+        .await
+        .map_err(|e| e.to_string())?;
+        if state.read_only {
+            return Err("the database accepts no writes (read-only or in recovery)".to_owned());
+        }
+        Ok(())
+    }
+
     /// Records a failed attempt in the inbox, outside the rolled-back transaction.
     async fn write_failure(&self, event: &Event, error: &HandlerError) {
         let entry = inbox_entry(event);
@@ -281,6 +320,13 @@ impl<A> Processor<A> {
     }
 }
 
+/// The answer of the probe's query.
+#[derive(diesel::QueryableByName)]
+struct ReadOnly {
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    read_only: bool,
+}
+
 /// Errors of the inbox transaction.
 enum TxError {
     Handler(HandlerError),
@@ -304,6 +350,7 @@ impl From<TxError> for HandlerError {
     fn from(e: TxError) -> Self {
         match e {
             TxError::Handler(e) => e,
+            TxError::Inbox(e) if e.is_transient() => Self::unavailable(e),
             TxError::Inbox(e) => Self::retry(e).with_class("InboxError"),
             TxError::Database(e) => Self::from(e),
         }
@@ -320,10 +367,13 @@ struct TxConn(Option<Object<AsyncPgConnection>>);
 impl TxConn {
     /// A connection from `pool`; a pool error is retryable (class `PoolError`).
     async fn checkout(pool: &Pool<AsyncPgConnection>) -> Result<Self, HandlerError> {
-        pool.get()
-            .await
-            .map(|conn| Self(Some(conn)))
-            .map_err(|e| HandlerError::retry(e.to_string()).with_class("PoolError"))
+        pool.get().await.map(|conn| Self(Some(conn))).map_err(|e| {
+            if is_pool_outage(&e) {
+                HandlerError::unavailable(e)
+            } else {
+                HandlerError::retry(e).with_class("PoolError")
+            }
+        })
     }
 
     fn conn(&mut self) -> Result<&mut AsyncPgConnection, HandlerError> {

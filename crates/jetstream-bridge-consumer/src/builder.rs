@@ -2,7 +2,7 @@
 //! checked by the types or by `build`.
 
 use std::fmt;
-use std::sync::atomic::AtomicU32;
+use std::sync::atomic::{AtomicU32, AtomicU64};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,12 +12,14 @@ use diesel_async::AsyncPgConnection;
 use jetstream_bridge_config::Config;
 use jetstream_bridge_inbox::Inbox;
 use jetstream_bridge_topology::bind_pull_consumer;
+use tokio_util::sync::CancellationToken;
 
 use crate::attempt::{Apply, Direct, Transactional};
 use crate::error::{ConsumerError, ConsumerErrorKind, Result};
 use crate::fetch::Fetcher;
 use crate::handler::{BatchHandler, Batched, Handler, InboxBatchHandler, InboxHandler};
 use crate::middleware::Middleware;
+use crate::outage::Outage;
 use crate::process::Processor;
 use crate::retry::Doubling;
 use crate::runtime::{Consumer, Runtime};
@@ -115,6 +117,7 @@ struct Settings {
     progress_interval: Option<Duration>,
     handler_timeout: Option<Duration>,
     recovery_backoff: (Duration, Duration),
+    outage_backoff: (Duration, Duration),
     health_log_interval: Duration,
     middleware: Vec<Arc<dyn Middleware>>,
 }
@@ -136,7 +139,8 @@ impl<I: fmt::Debug, H> fmt::Debug for ConsumerBuilder<I, H> {
 impl Consumer {
     /// Starts a builder, inbox off. Defaults: concurrency from `handler_concurrency`, shutdown
     /// timeout 30 s, fetch wait 5 s, in-progress acks every `ack_wait / 2`, no per-message
-    /// timeout, recovery backoff 100 ms..30 s, health log every 10 minutes.
+    /// timeout, recovery backoff 100 ms..30 s, database probes 100 ms..10 s apart, health log
+    /// every 10 minutes.
     pub fn builder(config: Config, jetstream: jetstream::Context) -> ConsumerBuilder {
         let concurrency = config.handler_concurrency().max(1);
         let progress = config.ack_wait() / 2;
@@ -150,6 +154,7 @@ impl Consumer {
                 progress_interval: Some(progress).filter(|d| !d.is_zero()),
                 handler_timeout: None,
                 recovery_backoff: (Duration::from_millis(100), Duration::from_secs(30)),
+                outage_backoff: (Duration::from_millis(100), Duration::from_secs(10)),
                 health_log_interval: Duration::from_secs(600),
                 middleware: Vec::new(),
             },
@@ -270,6 +275,14 @@ impl<I, H> ConsumerBuilder<I, H> {
         self
     }
 
+    /// Backoff between probes of an unavailable database: doubles from `min` to `max`
+    /// (default 100 ms to 10 s). While the database is unavailable the consumer fetches
+    /// nothing and holds the messages it has (in-progress acks); see the crate documentation.
+    pub fn outage_backoff(mut self, min: Duration, max: Duration) -> Self {
+        self.settings.outage_backoff = (min, max.max(min));
+        self
+    }
+
     /// Interval of the health log line (iterations, RSS, uptime; default 10 minutes).
     pub fn health_log_interval(mut self, every: Duration) -> Self {
         self.settings.health_log_interval = every;
@@ -353,6 +366,10 @@ impl Settings {
         )
         .map_err(|e| ConsumerError::with_source(ConsumerErrorKind::Bind, e))?;
         let stats = Stats::new();
+        let recovery = Doubling {
+            min: self.recovery_backoff.0,
+            max: self.recovery_backoff.1,
+        };
         let processor = Processor {
             apply,
             dlq_subject: self.config.subjects().dlq().as_str().to_owned(),
@@ -364,6 +381,15 @@ impl Settings {
             stats: stats.clone(),
             progress_interval: self.progress_interval,
             handler_timeout: self.handler_timeout,
+            outage: Outage::new(
+                Doubling {
+                    min: self.outage_backoff.0,
+                    max: self.outage_backoff.1,
+                },
+                stats.clone(),
+            ),
+            shutdown: CancellationToken::new(),
+            released: AtomicU64::new(0),
         };
         let runtime = Runtime {
             processor: Arc::new(processor),
@@ -373,10 +399,7 @@ impl Settings {
                 pull,
                 stats,
                 fetch_wait: self.fetch_wait,
-                recovery: Doubling {
-                    min: self.recovery_backoff.0,
-                    max: self.recovery_backoff.1,
-                },
+                recovery,
                 health_log_interval: self.health_log_interval,
             },
             concurrency: self.concurrency,

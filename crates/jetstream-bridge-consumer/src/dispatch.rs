@@ -1,27 +1,49 @@
-//! [`Dispatcher`]: runs received work on tracked tasks, at most `concurrency` at once.
+//! [`Dispatcher`]: runs received work on tracked tasks, at most `concurrency` at once; work
+//! that cannot start yet waits in order and is kept in progress (in-progress acks) meanwhile.
 
+use std::collections::VecDeque;
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind};
 use futures_util::{FutureExt, Stream, StreamExt};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
-use tokio_util::sync::CancellationToken;
+use tokio::sync::{AcquireError, OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::TaskTracker;
 use tracing::{error, warn};
 
 use crate::attempt::Apply;
 use crate::process::Processor;
 
-/// Runs messages on tasks, at most `concurrency` at once.
+/// What one task processes: a message, or the messages of one pull request (batch mode).
+#[allow(
+    clippy::large_enum_variant,
+    reason = "moved once into its task; boxing would add an allocation per message"
+)]
+pub(crate) enum Work {
+    One(jetstream::Message),
+    Batch(Vec<jetstream::Message>),
+}
+
+impl Work {
+    fn messages(&self) -> &[jetstream::Message] {
+        match self {
+            Self::One(message) => std::slice::from_ref(message),
+            Self::Batch(messages) => messages,
+        }
+    }
+}
+
+/// Runs work on tasks, at most `concurrency` at once.
 pub(crate) struct Dispatcher<A> {
     pub(crate) processor: Arc<Processor<A>>,
     semaphore: Arc<Semaphore>,
     pub(crate) tracker: TaskTracker,
-    pub(crate) hard_stop: CancellationToken,
-    /// Messages released (NAKed without delay) because shutdown began before they started.
-    pub(crate) released: u64,
+    pub(crate) hard_stop: tokio_util::sync::CancellationToken,
+    /// Received work that has not started, in delivery order.
+    waiting: VecDeque<Work>,
 }
 
 impl<A: Apply> Dispatcher<A> {
@@ -30,96 +52,95 @@ impl<A: Apply> Dispatcher<A> {
             processor,
             semaphore: Arc::new(Semaphore::new(concurrency)),
             tracker: TaskTracker::new(),
-            hard_stop: CancellationToken::new(),
-            released: 0,
+            hard_stop: tokio_util::sync::CancellationToken::new(),
+            waiting: VecDeque::new(),
         }
     }
 
-    /// NAKs a received-but-unstarted message without delay (shutdown), so another instance
-    /// takes it at once.
-    async fn release(&mut self, message: &jetstream::Message) {
-        let _ = message.ack_with(AckKind::Nak(None)).await;
-        self.released += 1;
+    /// Starts `work` at once when a slot is free, nothing waits before it and the database is
+    /// not down; else queues it (the caller keeps it in progress with
+    /// [`progress_ack_waiting`](Self::progress_ack_waiting) and starts it with
+    /// [`start_next`](Self::start_next)).
+    pub(crate) fn offer(&mut self, work: Work) {
+        if self.waiting.is_empty() && !self.processor.outage.is_down() {
+            if let Ok(permit) = self.semaphore.clone().try_acquire_owned() {
+                self.spawn(permit, work);
+                return;
+            }
+        }
+        self.waiting.push_back(work);
     }
 
-    /// Releases every message of `messages` and those `buffered` already holds, without
-    /// waiting for more (shutdown: received but not started).
+    /// Whether received work waits for a slot (or for the database).
+    pub(crate) fn has_waiting(&self) -> bool {
+        !self.waiting.is_empty()
+    }
+
+    /// A free slot, when one is (the future owns what it needs: it can sit in a `select!`
+    /// beside calls on the dispatcher).
+    pub(crate) fn slot(
+        &self,
+    ) -> impl Future<Output = Result<OwnedSemaphorePermit, AcquireError>> + 'static {
+        self.semaphore.clone().acquire_owned()
+    }
+
+    /// Starts the oldest waiting work with `permit`.
+    pub(crate) fn start_next(&mut self, permit: OwnedSemaphorePermit) {
+        match self.waiting.pop_front() {
+            Some(work) => self.spawn(permit, work),
+            None => drop(permit),
+        }
+    }
+
+    /// One in-progress ack per waiting message.
+    pub(crate) async fn progress_ack_waiting(&self) {
+        let waiting: Vec<&jetstream::Message> =
+            self.waiting.iter().flat_map(Work::messages).collect();
+        self.processor.progress_ack(&waiting).await;
+    }
+
+    /// Shutdown: gives back (NAK without delay) the waiting work, then `received` (a pull's
+    /// collected messages), then what `buffered` already holds, without waiting for more.
     pub(crate) async fn release_buffered(
         &mut self,
-        messages: impl IntoIterator<Item = jetstream::Message>,
+        received: impl IntoIterator<Item = jetstream::Message>,
         mut buffered: impl Stream<Item = jetstream::Message> + Unpin,
     ) {
-        for message in messages {
-            self.release(&message).await;
+        let mut released = 0u64;
+        // Single messages count as fetched when they start or are released here; a batch's
+        // messages counted as they were collected.
+        let mut fetched = 0u64;
+        for work in std::mem::take(&mut self.waiting) {
+            if matches!(work, Work::One(_)) {
+                fetched += 1;
+            }
+            for message in work.messages() {
+                release(message).await;
+                released += 1;
+            }
+        }
+        for message in received {
+            release(&message).await;
+            released += 1;
         }
         while let Some(Some(message)) = buffered.next().now_or_never() {
-            self.release(&message).await;
+            release(&message).await;
+            released += 1;
+            fetched += 1;
         }
+        self.processor
+            .released
+            .fetch_add(released, Ordering::Relaxed);
+        self.processor.stats.update(|s| s.fetched += fetched);
     }
 
-    /// Starts a batch (batch mode) on one task once a slot is free; `false` (all released)
-    /// when the token is cancelled while waiting.
-    pub(crate) async fn dispatch_batch(
-        &mut self,
-        messages: Vec<jetstream::Message>,
-        token: &CancellationToken,
-    ) -> bool {
-        self.start(Work::Batch(messages), token).await
-    }
-
-    /// Starts `message` on a task once a slot is free; `false` (message released) when the
-    /// token is cancelled while waiting.
-    pub(crate) async fn dispatch(
-        &mut self,
-        message: jetstream::Message,
-        token: &CancellationToken,
-    ) -> bool {
-        self.start(Work::One(message), token).await
-    }
-
-    /// Waits for a free concurrency slot (`None` when the token is cancelled first), sending
-    /// in-progress acks for `work`'s messages every `progress_interval` meanwhile: they are
-    /// delivered already, and slow handlers ahead of them must not let them pass `ack_wait`
-    /// and be redelivered to another instance. Only taken when no slot is free at once, so
-    /// the common path allocates nothing.
-    async fn wait_for_slot(
-        &self,
-        work: &Work,
-        token: &CancellationToken,
-    ) -> Option<OwnedSemaphorePermit> {
-        let messages: Vec<&jetstream::Message> = work.messages().iter().collect();
-        let acquire = async {
-            tokio::select! {
-                biased;
-                () = token.cancelled() => None,
-                permit = self.semaphore.clone().acquire_owned() => permit.ok(),
-            }
-        };
-        self.processor.with_progress(&messages, acquire).await
-    }
-
-    /// Waits for a concurrency slot, then runs `work` on a tracked task: a panic NAKs its
-    /// messages, the shutdown hard stop drops it unacked (its transaction rolls back).
-    async fn start(&mut self, work: Work, token: &CancellationToken) -> bool {
-        let permit = if token.is_cancelled() {
-            None
-        } else {
-            match self.semaphore.clone().try_acquire_owned() {
-                Ok(permit) => Some(permit),
-                Err(TryAcquireError::Closed) => None,
-                Err(TryAcquireError::NoPermits) => self.wait_for_slot(&work, token).await,
-            }
-        };
+    /// Runs `work` on a tracked task: a panic NAKs its messages, the shutdown hard stop drops
+    /// it unacked (its transaction rolls back).
+    fn spawn(&mut self, permit: OwnedSemaphorePermit, work: Work) {
         let n = work.messages().len() as u64;
-        // Single messages are counted as fetched here (batches as they are collected).
+        // Single messages are counted as fetched here, with `in_flight` (one watch notification
+        // per message); batches as they are collected.
         let fetched = if matches!(work, Work::One(_)) { n } else { 0 };
-        let Some(permit) = permit else {
-            self.processor.stats.update(|s| s.fetched += fetched);
-            for message in work.messages() {
-                self.release(message).await;
-            }
-            return false;
-        };
         self.processor.stats.update(|s| {
             s.fetched += fetched;
             s.in_flight += n;
@@ -155,25 +176,10 @@ impl<A: Apply> Dispatcher<A> {
             }
             processor.stats.update(|s| s.in_flight -= n);
         });
-        true
     }
 }
 
-/// What one task processes: a message, or the messages of one pull request (batch mode).
-#[allow(
-    clippy::large_enum_variant,
-    reason = "moved once into its task; boxing would add an allocation per message"
-)]
-enum Work {
-    One(jetstream::Message),
-    Batch(Vec<jetstream::Message>),
-}
-
-impl Work {
-    fn messages(&self) -> &[jetstream::Message] {
-        match self {
-            Self::One(message) => std::slice::from_ref(message),
-            Self::Batch(messages) => messages,
-        }
-    }
+/// NAKs a received-but-unstarted message without delay, so another instance takes it at once.
+async fn release(message: &jetstream::Message) {
+    let _ = message.ack_with(AckKind::Nak(None)).await;
 }

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::attempt::Apply;
-use crate::dispatch::Dispatcher;
+use crate::dispatch::{Dispatcher, Work};
 use crate::error::{ConsumerError, ConsumerErrorKind};
 use crate::progress::tick;
 use crate::retry::Doubling;
@@ -48,7 +48,10 @@ impl Fetcher {
         }
     }
 
-    /// Pull mode: `batch_size` per pull request until the token is cancelled.
+    /// Pull mode: `batch_size` per pull request until the token is cancelled; no pull request
+    /// while the database is down. Messages received but not started yet (waiting for a slot
+    /// or the database; in batch mode, collected while the pull stays open) get in-progress
+    /// acks meanwhile.
     async fn pull_loop<A: Apply>(
         &self,
         d: &mut Dispatcher<A>,
@@ -58,7 +61,9 @@ impl Fetcher {
         let mut failures = 0u32;
         let mut last_health = Instant::now();
         let batch_size = self.config.batch_size().max(1);
-        let batch_mode = A::BATCH;
+        let processor = d.processor.clone();
+        let outage = &processor.outage;
+        let mut progress = progress_ticker(d.processor.progress_interval);
         'fetch: loop {
             if token.is_cancelled() {
                 break;
@@ -66,6 +71,12 @@ impl Fetcher {
             if last_health.elapsed() >= self.health_log_interval {
                 last_health = Instant::now();
                 health_log(&self.stats, started);
+            }
+            if outage.is_down() {
+                tokio::select! {
+                    () = token.cancelled() => break,
+                    () = outage.until_up() => {}
+                }
             }
             self.stats.update(|s| s.iterations += 1);
             let request = self
@@ -91,66 +102,58 @@ impl Fetcher {
             };
             let mut received = 0usize;
             let mut collected = Vec::new();
-            // Batch mode: the messages collected so far are delivered already and wait for the
-            // rest of the pull (up to `fetch_wait`): they get in-progress acks meanwhile.
-            let mut progress = d
-                .processor
-                .progress_interval
-                .filter(|_| batch_mode)
-                .map(|every| {
-                    let mut ticker =
-                        tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-                    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                    ticker
-                });
+            let mut ended = false;
+            let mut failed = None;
             loop {
-                let next = tokio::select! {
+                let down = outage.is_down();
+                tokio::select! {
                     biased;
                     () = token.cancelled() => {
                         // Received but not started: release them for another instance.
                         d.release_buffered(collected, received_messages(&mut batch)).await;
                         break 'fetch;
                     }
-                    next = batch.next() => next,
-                    () = tick(&mut progress), if !collected.is_empty() => {
-                        let waiting: Vec<&jetstream::Message> = collected.iter().collect();
-                        d.processor.progress_ack(&waiting).await;
-                        continue;
-                    }
-                };
-                match next {
-                    None => break,
-                    Some(Err(e)) => {
-                        if !collected.is_empty()
-                            && !d
-                                .dispatch_batch(std::mem::take(&mut collected), token)
-                                .await
-                        {
-                            break 'fetch;
+                    permit = d.slot(), if d.has_waiting() && !down => {
+                        if let Ok(permit) = permit {
+                            d.start_next(permit);
                         }
-                        failures += 1;
-                        self.on_fetch_error(&e.to_string(), failures, d, token)
-                            .await;
-                        continue 'fetch;
                     }
-                    Some(Ok(message)) if batch_mode => {
-                        received += 1;
-                        self.stats.update(|s| s.fetched += 1);
-                        collected.push(message);
-                    }
-                    Some(Ok(message)) => {
-                        // `fetched` is counted by `start`, with `in_flight`: one watch
-                        // notification instead of two per message.
-                        received += 1;
-                        if !d.dispatch(message, token).await {
-                            d.release_buffered([], received_messages(&mut batch)).await;
-                            break 'fetch;
+                    () = outage.until_up(), if d.has_waiting() && down => {}
+                    next = batch.next(), if !ended => match next {
+                        None => ended = true,
+                        Some(Err(e)) => {
+                            ended = true;
+                            failed = Some(e.to_string());
                         }
+                        Some(Ok(message)) => {
+                            received += 1;
+                            if A::BATCH {
+                                self.stats.update(|s| s.fetched += 1);
+                                collected.push(message);
+                            } else {
+                                d.offer(Work::One(message));
+                            }
+                        }
+                    },
+                    () = tick(&mut progress), if d.has_waiting() || !collected.is_empty() => {
+                        let collecting: Vec<&jetstream::Message> = collected.iter().collect();
+                        d.processor.progress_ack(&collecting).await;
+                        d.progress_ack_waiting().await;
+                    }
+                }
+                if ended {
+                    if !collected.is_empty() {
+                        d.offer(Work::Batch(std::mem::take(&mut collected)));
+                    }
+                    if !d.has_waiting() {
+                        break;
                     }
                 }
             }
-            if !collected.is_empty() && !d.dispatch_batch(collected, token).await {
-                break 'fetch;
+            if let Some(e) = failed {
+                failures += 1;
+                self.on_fetch_error(&e, failures, d, token).await;
+                continue;
             }
             failures = 0;
             if received == 0 && fetched_at.elapsed() < Duration::from_millis(50) {
@@ -164,7 +167,8 @@ impl Fetcher {
     }
 
     /// Push mode: a core queue subscription on the delivery subject with the push group (no
-    /// JetStream API call); heartbeats are skipped and flow-control requests answered.
+    /// JetStream API call); heartbeats are skipped and flow-control requests answered. What the
+    /// server pushes while no slot is free or the database is down waits, in progress.
     async fn push_loop<A: Apply>(
         &self,
         d: &mut Dispatcher<A>,
@@ -181,6 +185,9 @@ impl Fetcher {
         let group = self.config.subjects().push_group().as_str().to_owned();
         let mut failures = 0u32;
         let mut last_health = Instant::now();
+        let processor = d.processor.clone();
+        let outage = &processor.outage;
+        let mut progress = progress_ticker(d.processor.progress_interval);
         'subscribe: loop {
             if token.is_cancelled() {
                 break;
@@ -204,28 +211,37 @@ impl Fetcher {
                 }
                 let health_due =
                     tokio::time::Instant::from_std(last_health) + self.health_log_interval;
-                let next = tokio::select! {
+                let down = outage.is_down();
+                let message = tokio::select! {
                     biased;
-                    () = token.cancelled() => None,
-                    next = subscriber.next() => Some(next),
-                    // An idle subscription still logs its health on time.
-                    () = tokio::time::sleep_until(health_due) => continue,
-                };
-                let message = match next {
                     // Shutdown: stop the subscription, release what it already buffered.
-                    None => {
+                    () = token.cancelled() => {
                         let _ = subscriber.unsubscribe().await;
-                        d.release_buffered([], self.deliveries(&mut subscriber))
-                            .await;
+                        d.release_buffered([], self.deliveries(&mut subscriber)).await;
                         break 'subscribe;
                     }
-                    Some(None) => {
-                        failures += 1;
-                        self.on_fetch_error("push subscription closed", failures, d, token)
-                            .await;
-                        continue 'subscribe;
+                    permit = d.slot(), if d.has_waiting() && !down => {
+                        if let Ok(permit) = permit {
+                            d.start_next(permit);
+                        }
+                        continue;
                     }
-                    Some(Some(message)) => message,
+                    () = outage.until_up(), if d.has_waiting() && down => continue,
+                    next = subscriber.next() => match next {
+                        Some(message) => message,
+                        None => {
+                            failures += 1;
+                            self.on_fetch_error("push subscription closed", failures, d, token)
+                                .await;
+                            continue 'subscribe;
+                        }
+                    },
+                    () = tick(&mut progress), if d.has_waiting() => {
+                        d.progress_ack_waiting().await;
+                        continue;
+                    }
+                    // An idle subscription still logs its health on time.
+                    () = tokio::time::sleep_until(health_due) => continue,
                 };
                 failures = 0;
                 if message.status.is_some() {
@@ -238,16 +254,8 @@ impl Fetcher {
                 let Some(message) = self.delivery(message) else {
                     continue;
                 };
-                self.stats.update(|s| {
-                    s.iterations += 1;
-                    s.fetched += 1;
-                });
-                if !d.dispatch(message, token).await {
-                    let _ = subscriber.unsubscribe().await;
-                    d.release_buffered([], self.deliveries(&mut subscriber))
-                        .await;
-                    break 'subscribe;
-                }
+                self.stats.update(|s| s.iterations += 1);
+                d.offer(Work::One(message));
             }
         }
     }
@@ -328,6 +336,15 @@ impl Fetcher {
             () = tokio::time::sleep(self.recovery.delay(failures)) => {}
         }
     }
+}
+
+/// The ticker of in-progress acks for work that waits; none when they are disabled.
+fn progress_ticker(every: Option<Duration>) -> Option<tokio::time::Interval> {
+    every.map(|every| {
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticker
+    })
 }
 
 /// The messages a pull request has received (errors skipped).

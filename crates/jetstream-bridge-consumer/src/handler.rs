@@ -212,6 +212,8 @@ pub struct HandlerError {
     action: HandlerAction,
     class: Cow<'static, str>,
     source: BoxError,
+    /// The database was unavailable (an outage, not this message's failure).
+    unavailable: bool,
 }
 
 impl HandlerError {
@@ -225,6 +227,18 @@ impl HandlerError {
         Self::new(HandlerAction::RetryAfter(delay), error)
     }
 
+    /// The database (or another service every message needs) is unavailable: an outage, not a
+    /// failure of this message. The consumer holds the message and pauses fetching until the
+    /// database answers again, without spending a delivery, recording a failed attempt or
+    /// dead-lettering; then it runs the message again. Database errors returned with `?` are
+    /// classified so already (a lost or refused connection, a server shutting down or
+    /// starting up, too many connections, a read-only standby).
+    pub fn unavailable(error: impl Into<BoxError>) -> Self {
+        let mut e = Self::new(HandlerAction::Retry, error).with_class("DatabaseUnavailable");
+        e.unavailable = true;
+        e
+    }
+
     /// Dead-letter now (reason `unrecoverable`); the original is acked once the DLQ publish is
     /// acknowledged.
     pub fn permanent(error: impl Into<BoxError>) -> Self {
@@ -236,6 +250,7 @@ impl HandlerError {
             action,
             class: Cow::Borrowed("HandlerError"),
             source: error.into(),
+            unavailable: false,
         }
     }
 
@@ -263,6 +278,16 @@ impl HandlerError {
     pub fn cause(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
         &*self.source
     }
+
+    /// Whether this is an outage rather than a failure of the message: made by
+    /// [`unavailable`](Self::unavailable), or a retryable error caused by an unavailable
+    /// database (anywhere in its source chain). A [`permanent`](Self::permanent) error is
+    /// never one: the handler decided.
+    #[must_use]
+    pub fn is_unavailable(&self) -> bool {
+        self.action != HandlerAction::Permanent
+            && (self.unavailable || crate::outage::is_unavailable(&*self.source))
+    }
 }
 
 impl fmt::Debug for HandlerError {
@@ -271,6 +296,7 @@ impl fmt::Debug for HandlerError {
             .field("action", &self.action)
             .field("class", &self.class)
             .field("source", &self.source)
+            .field("unavailable", &self.unavailable)
             .finish()
     }
 }
@@ -287,10 +313,15 @@ impl std::error::Error for HandlerError {
     }
 }
 
-/// A database error is retryable (`?` on diesel calls in a handler).
+/// A database error (`?` on diesel calls in a handler) is retryable; an unavailable database
+/// is an [outage](HandlerError::unavailable).
 impl From<diesel::result::Error> for HandlerError {
     fn from(error: diesel::result::Error) -> Self {
-        Self::retry(error).with_class("DatabaseError")
+        if crate::outage::is_unavailable(&error) {
+            Self::unavailable(error)
+        } else {
+            Self::retry(error).with_class("DatabaseError")
+        }
     }
 }
 
@@ -314,8 +345,21 @@ mod tests {
         );
         let db = HandlerError::from(diesel::result::Error::NotFound);
         assert_eq!(
-            (db.action(), db.class()),
-            (HandlerAction::Retry, "DatabaseError")
+            (db.action(), db.class(), db.is_unavailable()),
+            (HandlerAction::Retry, "DatabaseError", false)
+        );
+        let lost = HandlerError::from(diesel::result::Error::DatabaseError(
+            diesel::result::DatabaseErrorKind::ClosedConnection,
+            Box::new("connection closed".to_owned()),
+        ));
+        assert_eq!(
+            (lost.action(), lost.class(), lost.is_unavailable()),
+            (HandlerAction::Retry, "DatabaseUnavailable", true)
+        );
+        assert!(HandlerError::unavailable("pool timed out").is_unavailable());
+        assert!(
+            !HandlerError::permanent(diesel::result::Error::BrokenTransactionManager)
+                .is_unavailable()
         );
     }
 }

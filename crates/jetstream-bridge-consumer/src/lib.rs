@@ -10,6 +10,7 @@ mod event;
 mod fetch;
 mod handler;
 mod middleware;
+mod outage;
 mod process;
 mod progress;
 mod retry;

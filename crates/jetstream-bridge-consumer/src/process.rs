@@ -1,13 +1,15 @@
 //! One message (or one pull's batch) to its end: parse, attempt, then ack, NAK with delay,
 //! dead-letter or TERM. [`Processor`] holds what that needs, shared by every message task.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::future::Future;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, Message};
 use jetstream_bridge_config::{resolve_event_id, DlqReason, Envelope};
 use jetstream_bridge_inbox::Recorded;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, warn, Instrument};
 
 use crate::attempt::{Apply, BatchApply};
@@ -15,6 +17,7 @@ use crate::dlq::DeadLetter;
 use crate::event::{metadata, Event, Metadata};
 use crate::handler::{HandlerAction, HandlerError};
 use crate::middleware::Middleware;
+use crate::outage::{Outage, Waited};
 use crate::retry::backoff_for;
 use crate::stats::Stats;
 
@@ -32,6 +35,12 @@ pub(crate) struct Processor<A> {
     pub(crate) max_deliver: AtomicU32,
     pub(crate) progress_interval: Option<Duration>,
     pub(crate) handler_timeout: Option<Duration>,
+    /// The database as the message tasks see it.
+    pub(crate) outage: Outage,
+    /// Cancelled when shutdown begins.
+    pub(crate) shutdown: CancellationToken,
+    /// Messages given back (NAKed without delay) because shutdown began before they could run.
+    pub(crate) released: AtomicU64,
 }
 
 impl<A: Apply> Processor<A> {
@@ -87,23 +96,62 @@ impl<A: Apply> Processor<A> {
         };
         // The handler runs in a child of the producer's trace, so events it enqueues or
         // publishes carry the same trace id on to the next service.
-        let outcome = match event.metadata.traceparent {
-            Some(tp) => {
-                self.with_progress(&[message], tp.child().scope(A::attempt(self, &event)))
-                    .await
+        let attempts = self.through_outage(|| async {
+            match event.metadata.traceparent {
+                Some(tp) => tp.child().scope(A::attempt(self, &event)).await,
+                None => A::attempt(self, &event).await,
             }
-            None => {
-                self.with_progress(&[message], A::attempt(self, &event))
-                    .await
-            }
-        };
-        match outcome {
-            Ok(recorded) => {
+        });
+        match self.with_progress(&[message], attempts).await {
+            Some(Ok(recorded)) => {
                 self.ack_all(&[message], &[recorded]).await;
                 debug!("acked");
             }
-            Err(e) => self.failed(message, &event, &e).await,
+            Some(Err(e)) => self.failed(message, &event, &e).await,
+            None => self.release(&[message]).await,
         }
+    }
+
+    /// Runs `attempt` until an answer that is not an unavailable database: while the database
+    /// is down the message waits (one waiter probes it with backoff), and an attempt that runs
+    /// into an outage marks it down and is tried again once it answers: no delivery, failure
+    /// record or dead letter is spent on it. `None` when shutdown began while waiting.
+    pub(crate) async fn through_outage<T, F, Fut>(
+        &self,
+        mut attempt: F,
+    ) -> Option<Result<T, HandlerError>>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, HandlerError>>,
+    {
+        loop {
+            if self.outage.is_down()
+                && self
+                    .outage
+                    .wait(|| self.apply.probe(), &self.shutdown)
+                    .await
+                    == Waited::Shutdown
+            {
+                return None;
+            }
+            match attempt().await {
+                Err(e) if e.is_unavailable() => self.outage.enter(&e),
+                outcome => {
+                    self.outage.answered();
+                    return Some(outcome);
+                }
+            }
+        }
+    }
+
+    /// Gives messages back without delay (shutdown began while they waited for the
+    /// database), so another instance takes them at once.
+    pub(crate) async fn release(&self, messages: &[&Message]) {
+        for message in messages {
+            let _ = message.ack_with(AckKind::Nak(None)).await;
+        }
+        self.released
+            .fetch_add(messages.len() as u64, Ordering::Relaxed);
     }
 
     /// A failed attempt of one message: record it in the inbox, then NAK with the delay for
@@ -256,13 +304,12 @@ impl<A: BatchApply> Processor<A> {
             return;
         }
         let span = tracing::info_span!("jetstream_bridge.handle_batch", events = events.len());
-        let outcome = self
-            .with_progress(&refs, A::attempt_batch(self, &events))
-            .instrument(span)
-            .await;
+        let attempts = self.through_outage(|| A::attempt_batch(self, &events));
+        let outcome = self.with_progress(&refs, attempts).instrument(span).await;
         match outcome {
-            Ok(recorded) => self.ack_all(&refs, &recorded).await,
-            Err(e) => {
+            None => self.release(&refs).await,
+            Some(Ok(recorded)) => self.ack_all(&refs, &recorded).await,
+            Some(Err(e)) => {
                 warn!(error = %e, events = refs.len(), "batch failed; processing its events one by one");
                 // The messages still waiting for their turn get in-progress acks on one ticker
                 // across the whole fallback (the one being processed gets its own), so a long

@@ -2,6 +2,7 @@
 //! drains; [`ConsumerHandle`] for a consumer on its own task.
 
 use std::future::Future;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,7 +22,9 @@ use crate::stats::{ConsumerStats, ShutdownReport, Stats};
 /// gracefully. Built by [`Consumer::builder`]; see the crate documentation.
 #[must_use]
 pub struct Consumer {
-    run: Box<dyn FnOnce(CancellationToken) -> BoxFuture<'static, ShutdownReport> + Send>,
+    run: Box<dyn FnOnce() -> BoxFuture<'static, ShutdownReport> + Send>,
+    /// Cancelled to begin the shutdown.
+    token: CancellationToken,
     stats: Stats,
     summary: Summary,
 }
@@ -70,9 +73,8 @@ impl Consumer {
         self,
         signal: impl Future<Output = ()> + Send,
     ) -> Result<ShutdownReport> {
-        let token = CancellationToken::new();
         let watcher = {
-            let token = token.clone();
+            let token = self.token.clone();
             async move {
                 tokio::select! {
                     () = signal => token.cancel(),
@@ -80,15 +82,15 @@ impl Consumer {
                 }
             }
         };
-        let (report, ()) = tokio::join!((self.run)(token), watcher);
+        let (report, ()) = tokio::join!((self.run)(), watcher);
         Ok(report)
     }
 
     /// Runs on a new task; the handle shuts it down and exposes its counters.
     pub fn spawn(self) -> ConsumerHandle {
-        let token = CancellationToken::new();
         let stats = self.stats();
-        let join = tokio::spawn((self.run)(token.clone()));
+        let token = self.token.clone();
+        let join = tokio::spawn((self.run)());
         ConsumerHandle { token, join, stats }
     }
 
@@ -121,12 +123,14 @@ impl<A: Apply> Runtime<A> {
         };
         Consumer {
             stats: self.fetcher.stats.clone(),
+            token: self.processor.shutdown.clone(),
             summary,
-            run: Box::new(move |token| Box::pin(self.run(token))),
+            run: Box::new(move || Box::pin(self.run())),
         }
     }
 
-    async fn run(self, token: CancellationToken) -> ShutdownReport {
+    async fn run(self) -> ShutdownReport {
+        let token = self.processor.shutdown.clone();
         let started = Instant::now();
         let mut dispatcher = Dispatcher::new(self.processor.clone(), self.concurrency);
         let config = &self.fetcher.config;
@@ -152,7 +156,7 @@ impl<A: Apply> Runtime<A> {
         let in_flight_at_stop = stats.get().in_flight;
         info!(
             in_flight = in_flight_at_stop,
-            released = d.released,
+            released = d.processor.released.load(Ordering::Relaxed),
             "consumer stopping"
         );
         d.tracker.close();
@@ -178,7 +182,7 @@ impl<A: Apply> Runtime<A> {
         let report = ShutdownReport {
             drained: in_flight_at_stop.saturating_sub(abandoned),
             abandoned,
-            released: d.released,
+            released: d.processor.released.load(Ordering::Relaxed),
             stats: stats.get(),
         };
         info!(?report, "consumer stopped");

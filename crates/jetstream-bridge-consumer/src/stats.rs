@@ -1,7 +1,7 @@
 //! [`ConsumerStats`], the counters a running consumer publishes, the [`ShutdownReport`], and
 //! the periodic health log line.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -42,6 +42,13 @@ pub struct ConsumerStats {
     pub in_flight: u64,
     /// True once shutdown has begun (report not-ready from here on).
     pub shutting_down: bool,
+    /// True while the database is unavailable: fetching is paused and the messages already
+    /// received are held (with in-progress acks) until it answers (report not-ready).
+    pub db_outage: bool,
+    /// Database outages so far (each counted once, however many messages ran into it).
+    pub db_outages: u64,
+    /// Time spent in database outages so far (updated while one lasts, at every probe).
+    pub db_outage_time: Duration,
 }
 
 /// What a graceful shutdown did ([`Consumer::run_until`](crate::Consumer::run_until),

@@ -345,7 +345,8 @@ impl Health {
     }
 
     /// The readiness verdict: not ready while shutting down ([`set_shutting_down`](Self::set_shutting_down)
-    /// or the watched consumer began its shutdown), while the (possibly cached) report is
+    /// or the watched consumer began its shutdown), while the watched consumer waits for an
+    /// unavailable database, while the (possibly cached) report is
     /// unhealthy, or while the outbox lag exceeds [`max_outbox_lag`](HealthBuilder::max_outbox_lag).
     ///
     /// # Cancel safety
@@ -357,8 +358,11 @@ impl Health {
             reasons.push("shutting down".to_owned());
         }
         if let Some(consumer) = &self.inner.consumer {
-            if lock(consumer).observe().1.shutting_down {
+            let (stats, liveness) = lock(consumer).observe();
+            if liveness.shutting_down {
                 reasons.push("consumer runtime shutting down".to_owned());
+            } else if stats.db_outage {
+                reasons.push("consumer waiting for the database".to_owned());
             }
         }
         if !reasons.is_empty() {
@@ -470,7 +474,11 @@ impl Health {
             self.inner.metrics.observe_relay(&stats);
             liveness
         });
-        let consumer = self.inner.consumer.as_ref().map(|w| lock(w).observe().1);
+        let consumer = self.inner.consumer.as_ref().map(|w| {
+            let (stats, liveness) = lock(w).observe();
+            self.inner.metrics.observe_consumer(&stats);
+            liveness
+        });
         RuntimeReport { relay, consumer }
     }
 

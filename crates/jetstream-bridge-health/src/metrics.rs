@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use jetstream_bridge_consumer::{
-    Event, HandlerAction, HandlerError, MetricsMiddleware, MetricsRecorder,
+    ConsumerStats, Event, HandlerAction, HandlerError, MetricsMiddleware, MetricsRecorder,
 };
 use jetstream_bridge_outbox::RelayStats;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -104,6 +104,8 @@ fn duration_histogram() -> Histogram {
 /// | `jetstream_outbox_published_total` | counter | | the relay's stats |
 /// | `jetstream_outbox_publish_failures_total` | counter | | the relay's stats |
 /// | `jetstream_health_up` | gauge | | the probe (1 healthy, 0 not) |
+/// | `jetstream_consumer_db_outage` | gauge | | the consumer's stats (1 while it waits for an unavailable database) |
+/// | `jetstream_consumer_db_outage_seconds` | gauge | | the consumer's stats (time spent waiting for the database, cumulative) |
 ///
 /// `event_type` values are capped ([`DEFAULT_MAX_EVENT_TYPES`]): once that many distinct
 /// types were seen, new ones are counted as [`OTHER_EVENT_TYPE`], so a producer cannot blow
@@ -127,6 +129,8 @@ struct MetricsInner {
     outbox_published: Counter,
     outbox_publish_failures: Counter,
     up: Gauge,
+    consumer_db_outage: Gauge,
+    consumer_db_outage_seconds: Gauge<f64, AtomicU64>,
     event_types: Mutex<HashSet<String>>,
     max_event_types: usize,
     relay_seen: Mutex<RelayStats>,
@@ -225,6 +229,17 @@ impl Metrics {
             "jetstream_health_up",
             "1 when the last health probe was healthy, else 0",
         );
+        let consumer_db_outage = gauge(
+            &mut registry,
+            "jetstream_consumer_db_outage",
+            "1 while the consumer waits for an unavailable database (fetching paused), else 0",
+        );
+        let consumer_db_outage_seconds = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "jetstream_consumer_db_outage_seconds",
+            "Time the consumer spent waiting for an unavailable database (cumulative)",
+            consumer_db_outage_seconds.clone(),
+        );
         Self {
             inner: Arc::new(MetricsInner {
                 registry,
@@ -240,6 +255,8 @@ impl Metrics {
                 outbox_published,
                 outbox_publish_failures,
                 up,
+                consumer_db_outage,
+                consumer_db_outage_seconds,
                 event_types: Mutex::new(HashSet::new()),
                 max_event_types: max.max(1),
                 relay_seen: Mutex::new(RelayStats::default()),
@@ -310,6 +327,16 @@ impl Metrics {
             .outbox_publish_failures
             .inc_by(delta(stats.failed_attempts, seen.failed_attempts));
         *seen = *stats;
+    }
+
+    /// Sets the consumer's database-outage gauges from its stats.
+    pub fn observe_consumer(&self, stats: &ConsumerStats) {
+        self.inner
+            .consumer_db_outage
+            .set(i64::from(stats.db_outage));
+        self.inner
+            .consumer_db_outage_seconds
+            .set(stats.db_outage_time.as_secs_f64());
     }
 
     pub(crate) fn set_probe(&self, probe: &ProbeGauges) {
@@ -435,6 +462,21 @@ mod tests {
         assert_eq!(
             sample(&text, "jetstream_outbox_publish_failures_total"),
             Some("1")
+        );
+    }
+
+    #[test]
+    fn consumer_outage_gauges_follow_the_stats() {
+        let m = Metrics::new();
+        let mut stats = ConsumerStats::default();
+        stats.db_outage = true;
+        stats.db_outage_time = Duration::from_millis(2500);
+        m.observe_consumer(&stats);
+        let text = m.encode().unwrap();
+        assert_eq!(sample(&text, "jetstream_consumer_db_outage"), Some("1"));
+        assert_eq!(
+            sample(&text, "jetstream_consumer_db_outage_seconds"),
+            Some("2.5")
         );
     }
 

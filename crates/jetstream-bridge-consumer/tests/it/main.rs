@@ -7,6 +7,7 @@ mod batch;
 mod delivery;
 mod dlq;
 mod fault_nats;
+mod fault_pg;
 mod middleware;
 mod recovery;
 mod shutdown;
