@@ -16,7 +16,7 @@ use crate::event::Event;
 use crate::handler::{
     BatchHandler, Batched, Handler, HandlerError, InboxBatchHandler, InboxHandler,
 };
-use crate::middleware::{CallInTx, Next, Target};
+use crate::middleware::{Call, CallInTx, Next, Target};
 use crate::outage::is_pool_outage;
 use crate::process::Processor;
 
@@ -81,10 +81,7 @@ impl<H: Handler> Apply for Direct<H> {
     const INBOX: bool = false;
 
     async fn attempt(p: &Processor<Self>, event: &Event) -> Result<Recorded, HandlerError> {
-        let chain = p.chain(Target::Direct(&p.apply.0));
-        p.limited("handler", p.catch_panic(chain.run(event), "handler"))
-            .await
-            .map(|()| Recorded::New)
+        Self::attempt_one(p, event).await
     }
 
     async fn record_failure(&self, _event: &Event, _error: &HandlerError) {}
@@ -99,10 +96,7 @@ impl<B: BatchHandler> Apply for Direct<Batched<B>> {
     const INBOX: bool = false;
 
     async fn attempt(p: &Processor<Self>, event: &Event) -> Result<Recorded, HandlerError> {
-        let chain = p.chain(Target::Direct(&p.apply.0));
-        p.limited("handler", p.catch_panic(chain.run(event), "handler"))
-            .await
-            .map(|()| Recorded::New)
+        Self::attempt_one(p, event).await
     }
 
     async fn record_failure(&self, _event: &Event, _error: &HandlerError) {}
@@ -125,6 +119,17 @@ impl<B: BatchHandler> BatchApply for Direct<Batched<B>> {
         p.limited("batch handler", p.catch_panic(call, "batch handler"))
             .await
             .map(|()| vec![Recorded::New; events.len()])
+    }
+}
+
+impl<H: Call + 'static> Direct<H> {
+    /// One attempt: the middleware chain and the handler (a single-event one, or a batch
+    /// handler given a one-event batch).
+    async fn attempt_one(p: &Processor<Self>, event: &Event) -> Result<Recorded, HandlerError> {
+        let chain = p.chain(Target::Direct(&p.apply.0));
+        p.limited("handler", p.catch_panic(chain.run(event), "handler"))
+            .await
+            .map(|()| Recorded::New)
     }
 }
 

@@ -76,12 +76,13 @@ impl<A: Apply> Dispatcher<A> {
         !self.waiting.is_empty()
     }
 
-    /// A free slot, when one is (the future owns what it needs: it can sit in a `select!`
-    /// beside calls on the dispatcher).
+    /// A free slot, when one is. Lazy: nothing happens (not even the `Arc` clone) unless it
+    /// is polled, so a `select!` branch disabled by its precondition costs nothing.
     pub(crate) fn slot(
         &self,
-    ) -> impl Future<Output = Result<OwnedSemaphorePermit, AcquireError>> + 'static {
-        self.semaphore.clone().acquire_owned()
+    ) -> impl Future<Output = Result<OwnedSemaphorePermit, AcquireError>> + '_ {
+        let semaphore = &self.semaphore;
+        async move { semaphore.clone().acquire_owned().await }
     }
 
     /// Starts the oldest waiting work with `permit`.

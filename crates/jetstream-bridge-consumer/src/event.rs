@@ -34,7 +34,7 @@ pub struct Metadata {
     /// The message headers, `(name, value)`, one pair per value. The order of names is not
     /// the wire order: async-nats parses headers into a hash map.
     pub headers: Vec<(String, String)>,
-    /// The W3C `traceparent` the producer sent, if any and valid. While [`Handler::handle`]
+    /// The W3C `traceparent` the producer sent, if any and valid. While the handler
     /// runs, a [child](TraceParent::child) of it is [current](TraceParent::current), so events
     /// the handler enqueues or publishes continue the trace; the runtime's
     /// `jetstream_bridge.handle` span records its `trace_id` and `parent_span_id`.
