@@ -3,13 +3,13 @@
 
 use std::collections::HashSet;
 use std::fmt;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicI64, AtomicU64};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use jetstream_bridge_consumer::{BoxFuture, Event, HandlerAction, HandlerError, Middleware, Next};
 use jetstream_bridge_outbox::RelayStats;
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, LabelSetEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -80,6 +80,45 @@ struct EventTypeLabels {
 
 type DurationFamily = Family<EventTypeLabels, Histogram, fn() -> Histogram>;
 
+/// The empty label set of a [`ProbeGauge`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct NoLabels;
+
+impl EncodeLabelSet for NoLabels {
+    fn encode(&self, _encoder: &mut LabelSetEncoder<'_>) -> std::result::Result<(), fmt::Error> {
+        Ok(())
+    }
+}
+
+/// A gauge the probe measures: a family of at most one unlabelled series, so that a value
+/// the probe could not read (restricted mode, a failed request) has no sample at all instead
+/// of a misleading 0.
+#[derive(Debug, Clone, Default)]
+struct ProbeGauge<N = i64, A = AtomicI64>(Family<NoLabels, Gauge<N, A>>);
+
+impl ProbeGauge {
+    fn set(&self, value: Option<u64>) {
+        self.set_with(value.map(|v| i64::try_from(v).unwrap_or(i64::MAX)));
+    }
+}
+
+impl<N, A> ProbeGauge<N, A>
+where
+    A: prometheus_client::metrics::gauge::Atomic<N> + Default,
+{
+    /// `Some`: the sample, `None`: no sample.
+    fn set_with(&self, value: Option<N>) {
+        match value {
+            Some(v) => {
+                self.0.get_or_create(&NoLabels).set(v);
+            }
+            None => {
+                self.0.remove(&NoLabels);
+            }
+        }
+    }
+}
+
 fn duration_histogram() -> Histogram {
     // 1 ms .. ~32 s.
     Histogram::new(exponential_buckets(0.001, 2.0, 16))
@@ -102,6 +141,10 @@ fn duration_histogram() -> Histogram {
 /// | `jetstream_outbox_publish_failures_total` | counter | | the relay's stats |
 /// | `jetstream_health_up` | gauge | | the probe (1 healthy, 0 not) |
 ///
+/// A probe gauge the last probe could not read (restricted mode makes no `$JS.API` request;
+/// a request failed; no database pool) is left out of the output, rather than showing a stale
+/// or zero value.
+///
 /// `event_type` values are capped ([`DEFAULT_MAX_EVENT_TYPES`]): once that many distinct
 /// types were seen, new ones are counted as [`OTHER_EVENT_TYPE`], so a producer cannot blow
 /// up the series count.
@@ -114,13 +157,13 @@ struct MetricsInner {
     registry: Registry,
     messages: Family<MessageLabels, Counter>,
     durations: DurationFamily,
-    dlq_size: Gauge,
-    consumer_pending: Gauge,
-    consumer_ack_pending: Gauge,
-    stream_messages: Gauge,
-    outbox_pending: Gauge,
-    outbox_oldest_age: Gauge<f64, AtomicU64>,
-    outbox_failed: Gauge,
+    dlq_size: ProbeGauge,
+    consumer_pending: ProbeGauge,
+    consumer_ack_pending: ProbeGauge,
+    stream_messages: ProbeGauge,
+    outbox_pending: ProbeGauge,
+    outbox_oldest_age: ProbeGauge<f64, AtomicU64>,
+    outbox_failed: ProbeGauge,
     outbox_published: Counter,
     outbox_publish_failures: Counter,
     up: Gauge,
@@ -169,8 +212,8 @@ impl Metrics {
             durations.clone(),
         );
         let gauge = |registry: &mut Registry, name: &str, help: &str| {
-            let g = Gauge::default();
-            registry.register(name, help, g.clone());
+            let g = ProbeGauge::default();
+            registry.register(name, help, g.0.clone());
             g
         };
         let dlq_size = gauge(&mut registry, "jetstream_dlq_size", "Messages in DLQ");
@@ -194,11 +237,11 @@ impl Metrics {
             "jetstream_outbox_pending",
             "Outbox rows not published yet",
         );
-        let outbox_oldest_age = Gauge::<f64, AtomicU64>::default();
+        let outbox_oldest_age = ProbeGauge::<f64, AtomicU64>::default();
         registry.register(
             "jetstream_outbox_oldest_pending_age_seconds",
             "Age of the oldest unpublished outbox row (0 when none)",
-            outbox_oldest_age.clone(),
+            outbox_oldest_age.0.clone(),
         );
         let outbox_failed = gauge(
             &mut registry,
@@ -217,10 +260,11 @@ impl Metrics {
             "Failed relay publish attempts",
             outbox_publish_failures.clone(),
         );
-        let up = gauge(
-            &mut registry,
+        let up = Gauge::default();
+        registry.register(
             "jetstream_health_up",
             "1 when the last health probe was healthy, else 0",
+            up.clone(),
         );
         Self {
             inner: Arc::new(MetricsInner {
@@ -308,23 +352,19 @@ impl Metrics {
     }
 
     pub(crate) fn set_probe(&self, probe: &ProbeGauges) {
-        let set = |g: &Gauge, v: Option<u64>| {
-            if let Some(v) = v {
-                g.set(i64::try_from(v).unwrap_or(i64::MAX));
-            }
-        };
-        set(&self.inner.dlq_size, probe.dlq_size);
-        set(&self.inner.consumer_pending, probe.consumer_pending);
-        set(&self.inner.consumer_ack_pending, probe.consumer_ack_pending);
-        set(&self.inner.stream_messages, probe.stream_messages);
-        set(&self.inner.outbox_pending, probe.outbox_pending);
-        set(&self.inner.outbox_failed, probe.outbox_failed);
-        if probe.outbox_pending.is_some() {
-            self.inner
-                .outbox_oldest_age
-                .set(probe.outbox_oldest_age.unwrap_or(0.0));
-        }
-        self.inner.up.set(i64::from(probe.healthy));
+        let m = &self.inner;
+        m.dlq_size.set(probe.dlq_size);
+        m.consumer_pending.set(probe.consumer_pending);
+        m.consumer_ack_pending.set(probe.consumer_ack_pending);
+        m.stream_messages.set(probe.stream_messages);
+        m.outbox_pending.set(probe.outbox_pending);
+        m.outbox_failed.set(probe.outbox_failed);
+        m.outbox_oldest_age.set_with(
+            probe
+                .outbox_pending
+                .map(|_| probe.outbox_oldest_age.unwrap_or(0.0)),
+        );
+        m.up.set(i64::from(probe.healthy));
     }
 
     /// The registry in the OpenMetrics text format ([`METRICS_CONTENT_TYPE`]), ending with
@@ -341,7 +381,7 @@ impl Metrics {
     }
 }
 
-/// Gauge values from one probe (`None`: not measured, keep the previous value).
+/// Gauge values from one probe (`None`: not measured, no sample).
 #[derive(Debug, Default)]
 pub(crate) struct ProbeGauges {
     pub(crate) healthy: bool,
@@ -454,24 +494,41 @@ mod tests {
         );
     }
 
+    /// Measured gauges have their sample; one the next probe cannot read is left out (never a
+    /// stale value, never a made-up 0); `jetstream_health_up` is always there.
     #[test]
-    fn probe_gauges_keep_unmeasured_values() {
+    fn unmeasured_probe_gauges_have_no_sample() {
         let m = Metrics::new();
+        let text = m.encode().unwrap();
+        assert_eq!(sample(&text, "jetstream_dlq_size"), None, "{text}");
+        assert_eq!(sample(&text, "jetstream_health_up"), Some("0"));
         m.set_probe(&ProbeGauges {
             healthy: true,
             dlq_size: Some(4),
+            consumer_pending: Some(0),
             outbox_pending: Some(2),
             outbox_oldest_age: Some(1.5),
             ..ProbeGauges::default()
         });
-        m.set_probe(&ProbeGauges::default());
         let text = m.encode().unwrap();
         assert_eq!(sample(&text, "jetstream_dlq_size"), Some("4"));
+        assert_eq!(sample(&text, "jetstream_consumer_pending"), Some("0"));
         assert_eq!(sample(&text, "jetstream_outbox_pending"), Some("2"));
         assert_eq!(
             sample(&text, "jetstream_outbox_oldest_pending_age_seconds"),
             Some("1.5")
         );
+        assert_eq!(sample(&text, "jetstream_stream_messages"), None);
+        m.set_probe(&ProbeGauges::default());
+        let text = m.encode().unwrap();
+        for gauge in [
+            "jetstream_dlq_size",
+            "jetstream_consumer_pending",
+            "jetstream_outbox_pending",
+            "jetstream_outbox_oldest_pending_age_seconds",
+        ] {
+            assert!(!text.contains(gauge), "{gauge}: {text}");
+        }
         assert_eq!(sample(&text, "jetstream_health_up"), Some("0"));
     }
 }
