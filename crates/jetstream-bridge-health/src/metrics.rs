@@ -3,17 +3,18 @@
 
 use std::collections::HashSet;
 use std::fmt;
-use std::sync::atomic::{AtomicI64, AtomicU64};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use jetstream_bridge_consumer::{BoxFuture, Event, HandlerAction, HandlerError, Middleware, Next};
 use jetstream_bridge_outbox::RelayStats;
-use prometheus_client::encoding::{EncodeLabelSet, LabelSetEncoder};
+use prometheus_client::encoding::{EncodeGaugeValue, EncodeLabelSet, EncodeMetric, MetricEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::{Atomic, Gauge};
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use crate::error::{HealthError, HealthErrorKind, Result};
@@ -80,21 +81,28 @@ struct EventTypeLabels {
 
 type DurationFamily = Family<EventTypeLabels, Histogram, fn() -> Histogram>;
 
-/// The empty label set of a [`ProbeGauge`].
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct NoLabels;
-
-impl EncodeLabelSet for NoLabels {
-    fn encode(&self, _encoder: &mut LabelSetEncoder<'_>) -> std::result::Result<(), fmt::Error> {
-        Ok(())
-    }
+fn duration_histogram() -> Histogram {
+    // 1 ms .. ~32 s.
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
 }
 
-/// A gauge the probe measures: a family of at most one unlabelled series, so that a value
-/// the probe could not read (restricted mode, a failed request) has no sample at all instead
-/// of a misleading 0.
-#[derive(Debug, Clone, Default)]
-struct ProbeGauge<N = i64, A = AtomicI64>(Family<NoLabels, Gauge<N, A>>);
+/// A gauge the probe measures. Until it is set, and again once a probe could not read it
+/// (restricted mode, a failed request), it is exported without a sample (only its `# HELP` and
+/// `# TYPE` lines), instead of a misleading 0 or a stale value.
+#[derive(Debug, Default)]
+struct ProbeGauge<N = i64, A = AtomicI64> {
+    gauge: Gauge<N, A>,
+    measured: Arc<AtomicBool>,
+}
+
+impl<N, A> Clone for ProbeGauge<N, A> {
+    fn clone(&self) -> Self {
+        Self {
+            gauge: self.gauge.clone(),
+            measured: self.measured.clone(),
+        }
+    }
+}
 
 impl ProbeGauge {
     fn set(&self, value: Option<u64>) {
@@ -102,26 +110,33 @@ impl ProbeGauge {
     }
 }
 
-impl<N, A> ProbeGauge<N, A>
-where
-    A: prometheus_client::metrics::gauge::Atomic<N> + Default,
-{
+impl<N, A: Atomic<N>> ProbeGauge<N, A> {
     /// `Some`: the sample, `None`: no sample.
     fn set_with(&self, value: Option<N>) {
-        match value {
-            Some(v) => {
-                self.0.get_or_create(&NoLabels).set(v);
-            }
-            None => {
-                self.0.remove(&NoLabels);
-            }
+        let measured = value.is_some();
+        if let Some(v) = value {
+            self.gauge.set(v);
         }
+        self.measured.store(measured, Ordering::Release);
     }
 }
 
-fn duration_histogram() -> Histogram {
-    // 1 ms .. ~32 s.
-    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+impl<N, A> EncodeMetric for ProbeGauge<N, A>
+where
+    N: EncodeGaugeValue,
+    A: Atomic<N>,
+{
+    fn encode(&self, encoder: MetricEncoder<'_>) -> std::result::Result<(), fmt::Error> {
+        if self.measured.load(Ordering::Acquire) {
+            self.gauge.encode(encoder)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Gauge
+    }
 }
 
 /// The registry and every metric of the bridge. Cheap to clone (shared state).
@@ -142,8 +157,8 @@ fn duration_histogram() -> Histogram {
 /// | `jetstream_health_up` | gauge | | the probe (1 healthy, 0 not) |
 ///
 /// A probe gauge the last probe could not read (restricted mode makes no `$JS.API` request;
-/// a request failed; no database pool) is left out of the output, rather than showing a stale
-/// or zero value.
+/// a request failed; no database pool) has no sample (its `# TYPE` line stays), rather than a
+/// stale or zero value.
 ///
 /// `event_type` values are capped ([`DEFAULT_MAX_EVENT_TYPES`]): once that many distinct
 /// types were seen, new ones are counted as [`OTHER_EVENT_TYPE`], so a producer cannot blow
@@ -213,7 +228,7 @@ impl Metrics {
         );
         let gauge = |registry: &mut Registry, name: &str, help: &str| {
             let g = ProbeGauge::default();
-            registry.register(name, help, g.0.clone());
+            registry.register(name, help, g.clone());
             g
         };
         let dlq_size = gauge(&mut registry, "jetstream_dlq_size", "Messages in DLQ");
@@ -241,7 +256,7 @@ impl Metrics {
         registry.register(
             "jetstream_outbox_oldest_pending_age_seconds",
             "Age of the oldest unpublished outbox row (0 when none)",
-            outbox_oldest_age.0.clone(),
+            outbox_oldest_age.clone(),
         );
         let outbox_failed = gauge(
             &mut registry,
@@ -494,8 +509,9 @@ mod tests {
         );
     }
 
-    /// Measured gauges have their sample; one the next probe cannot read is left out (never a
-    /// stale value, never a made-up 0); `jetstream_health_up` is always there.
+    /// Measured gauges have their sample; one the next probe cannot read has none (never a
+    /// stale value, never a made-up 0) while its `# TYPE` line stays; `jetstream_health_up`
+    /// always has one.
     #[test]
     fn unmeasured_probe_gauges_have_no_sample() {
         let m = Metrics::new();
@@ -527,7 +543,8 @@ mod tests {
             "jetstream_outbox_pending",
             "jetstream_outbox_oldest_pending_age_seconds",
         ] {
-            assert!(!text.contains(gauge), "{gauge}: {text}");
+            assert_eq!(sample(&text, gauge), None, "{gauge}: {text}");
+            assert!(text.contains(&format!("# TYPE {gauge} gauge")), "{text}");
         }
         assert_eq!(sample(&text, "jetstream_health_up"), Some("0"));
     }
