@@ -337,7 +337,7 @@ pub(crate) async fn update(
                 .with_jetstream_code(code)
                 .with_source(error))
         }
-        Err(ApiError::Failed(e)) => Err(e),
+        Err(other) => Err(other.into_error()),
     }
 }
 

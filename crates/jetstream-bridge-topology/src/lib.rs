@@ -6,6 +6,7 @@ mod connect;
 mod consumer;
 mod ensure;
 mod error;
+mod lock;
 mod spec;
 mod stream;
 mod violations;
@@ -17,8 +18,9 @@ pub use ensure::{
 };
 pub use error::{
     BoxError, ConsumerDrift, FieldDrift, OverlapConflict, Problem, Result, TopologyError,
-    TopologyErrorKind,
+    TopologyErrorKind, Warning,
 };
+pub use lock::{DEFAULT_LOCK_BUCKET, DEFAULT_LOCK_TTL};
 pub use spec::{
     DlqPlacement, DriftPolicy, EnsureOptions, TopologySpec, UnknownNameError, DEFAULT_DLQ_MAX_AGE,
     DLQ_STREAM_SUFFIX,
