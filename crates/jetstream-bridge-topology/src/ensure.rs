@@ -12,9 +12,7 @@ use rand::Rng as _;
 
 use crate::api::Api;
 use crate::consumer::{self, Existing};
-use crate::error::{
-    ConsumerDrift, FieldDrift, Problem, TopologyError, TopologyErrorKind, Warning,
-};
+use crate::error::{ConsumerDrift, FieldDrift, Problem, TopologyError, TopologyErrorKind, Warning};
 use crate::lock;
 use crate::spec::{DlqPlacement, DriftPolicy, EnsureOptions, TopologySpec};
 use crate::stream::{self, Applied, StreamState, FILE, LIMITS, WORK_QUEUE};
@@ -727,7 +725,9 @@ pub async fn plan(
     options: &EnsureOptions,
 ) -> Result<TopologyPlan, TopologyError> {
     let api = Api::new(js, options.violations.clone(), options.request_timeout);
-    compute_plan(&api, spec, options).await.map(|(plan, _)| plan)
+    compute_plan(&api, spec, options)
+        .await
+        .map(|(plan, _)| plan)
 }
 
 /// Creates or extends the streams and creates (or, with [`DriftPolicy::Update`], updates) the

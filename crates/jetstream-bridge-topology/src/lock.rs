@@ -178,7 +178,10 @@ async fn acquire(
             return Err(busy(stream, &subject, settings, holder.as_ref()));
         }
         let mut headers = HeaderMap::new();
-        headers.insert(EXPECTED_LAST_SUBJECT_SEQUENCE, expected.to_string().as_str());
+        headers.insert(
+            EXPECTED_LAST_SUBJECT_SEQUENCE,
+            expected.to_string().as_str(),
+        );
         match api
             .publish(&subject, headers, value.clone().into_bytes())
             .await
@@ -218,7 +221,12 @@ async fn acquire(
     }
 }
 
-fn busy(stream: &str, subject: &str, settings: &LockSettings, holder: Option<&Entry>) -> TopologyError {
+fn busy(
+    stream: &str,
+    subject: &str,
+    settings: &LockSettings,
+    holder: Option<&Entry>,
+) -> TopologyError {
     let since = holder
         .map(|h| format!(" since {}", h.time))
         .unwrap_or_default();
@@ -250,7 +258,10 @@ fn lock_error(e: ApiError, subject: &str) -> TopologyError {
 /// another deploy) is left alone; any failure only logs: the entry expires by itself.
 async fn release(api: &Api, held: &Held) {
     let mut headers = HeaderMap::new();
-    headers.insert(EXPECTED_LAST_SUBJECT_SEQUENCE, held.seq.to_string().as_str());
+    headers.insert(
+        EXPECTED_LAST_SUBJECT_SEQUENCE,
+        held.seq.to_string().as_str(),
+    );
     headers.insert(KV_OPERATION, "DEL");
     match api.publish(&held.subject, headers, Vec::new()).await {
         Ok(_) => tracing::debug!(subject = %held.subject, "stream lock released"),
@@ -370,10 +381,7 @@ mod tests {
         assert_eq!(lock_key("a=24b"), "stream.a=3D24b");
         assert_eq!(lock_key("ä"), "stream.=C3=A4");
         let settings = LockSettings::default();
-        assert_eq!(
-            settings.subject("s"),
-            "$KV.jetstream-bridge-locks.stream.s"
-        );
+        assert_eq!(settings.subject("s"), "$KV.jetstream-bridge-locks.stream.s");
     }
 
     #[test]

@@ -400,7 +400,10 @@ pub(crate) async fn remove_empty_subject(
         .filter(|s| *s != subject)
         .cloned()
         .collect();
-    if !matches!(update_subjects(api, name, &info, &kept).await?, Applied::Done) {
+    if !matches!(
+        update_subjects(api, name, &info, &kept).await?,
+        Applied::Done
+    ) {
         return Ok(false);
     }
     match info_after_removal(api, name, subject).await? {

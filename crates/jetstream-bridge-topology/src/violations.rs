@@ -305,15 +305,23 @@ mod tests {
         let log = PermissionViolations::new();
         assert!(log.record_server_error(r#"Permissions Violation for Publish to "a.b""#));
         let mark = log.mark();
-        assert!(log.find(mark, Target::Api("STREAM.LIST"), "_INBOX").is_none());
+        assert!(log
+            .find(mark, Target::Api("STREAM.LIST"), "_INBOX")
+            .is_none());
         log.record_server_error(r#"Permissions Violation for Publish to "$JS.API.STREAM.LIST""#);
         assert_eq!(
-            log.find(mark, Target::Api("STREAM.LIST"), "_INBOX").unwrap().subject,
+            log.find(mark, Target::Api("STREAM.LIST"), "_INBOX")
+                .unwrap()
+                .subject,
             "$JS.API.STREAM.LIST"
         );
-        assert!(log.find(log.mark(), Target::Api("STREAM.LIST"), "_INBOX").is_none());
+        assert!(log
+            .find(log.mark(), Target::Api("STREAM.LIST"), "_INBOX")
+            .is_none());
         log.record_server_error(r#"Permissions Violation for Subscription to "$RPC.x1.*""#);
-        let v = log.find(log.mark(), Target::Api("STREAM.INFO.s"), "$RPC").unwrap();
+        let v = log
+            .find(log.mark(), Target::Api("STREAM.INFO.s"), "$RPC")
+            .unwrap();
         assert_eq!(v.needed, "$RPC.>");
         assert_eq!(log.recent().len(), 3);
     }
