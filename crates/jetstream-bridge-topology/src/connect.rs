@@ -61,6 +61,22 @@ impl Connection {
         ensure::plan(&self.jetstream(), spec, &options).await
     }
 
+    /// [`check`](crate::check) on this connection, with its permission log.
+    ///
+    /// # Errors
+    ///
+    /// As [`check`](crate::check).
+    pub async fn check(
+        &self,
+        spec: &TopologySpec,
+        options: &EnsureOptions,
+    ) -> Result<crate::TopologyCheck, TopologyError> {
+        let options = options
+            .clone()
+            .permission_violations(self.violations.clone());
+        crate::check(&self.jetstream(), spec, &options).await
+    }
+
     /// [`ensure_topology`](crate::ensure_topology) on this connection, with its permission log.
     ///
     /// # Errors

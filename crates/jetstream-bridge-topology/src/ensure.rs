@@ -213,7 +213,7 @@ impl fmt::Display for PlannedAction {
 
 /// A setting of an existing stream that differs from the configuration but is left alone
 /// (provisioning changes only subjects).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
 pub struct Note {
     /// The stream.

@@ -2,6 +2,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod api;
+mod check;
 mod connect;
 mod consumer;
 mod ensure;
@@ -11,6 +12,7 @@ mod spec;
 mod stream;
 mod violations;
 
+pub use check::{check, DurableCheck, DurableIssue, StreamCheck, TopologyCheck};
 pub use connect::{connect, connect_options, server_urls, Connection};
 pub use consumer::bind_pull_consumer;
 pub use ensure::{

@@ -5,10 +5,12 @@
 // clippy.toml's allow-unwrap-in-tests covers `#[test]` fns only, not the helpers beside them.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod check;
 mod concurrency;
 mod connect;
 mod consumer;
 mod lock;
+mod mixed_fleet;
 mod overlap;
 mod permissions;
 mod provision;

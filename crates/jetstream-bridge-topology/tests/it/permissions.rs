@@ -441,7 +441,15 @@ async fn the_stream_lock_needs_its_own_permissions() {
     assert!(started.elapsed() < Duration::from_secs(5), "named at once");
     let subjects = |info: async_nats::jetstream::stream::Info| info.config.subjects;
     assert_eq!(
-        subjects(js.get_stream(STREAM).await.unwrap().info().await.unwrap().clone()),
+        subjects(
+            js.get_stream(STREAM)
+                .await
+                .unwrap()
+                .info()
+                .await
+                .unwrap()
+                .clone()
+        ),
         [DESTINATION]
     );
 
