@@ -2,8 +2,8 @@
 //!
 //! Requests and answers are raw JSON (`serde_json::Value`) on purpose: an update sends back the
 //! server's own configuration with one field changed, so fields this client version does not
-//! model (or models behind cargo features, such as 2.10's `metadata` or `compression`) survive
-//! (lesson L-R16).
+//! model (or models behind cargo features, such as 2.10's `metadata` or `compression`)
+//! survive.
 
 use std::time::Duration;
 

@@ -167,7 +167,7 @@ pub async fn connect_options(
 /// attempt `n` it waits `n ×` [`connect_retry_delay`](Config::connect_retry_delay), as the gem
 /// does. Every failure is retried (timeouts, refused connections, TLS and authorization
 /// errors alike: a server restarting may briefly refuse), and a failed attempt leaves no client
-/// behind (lesson L-R20).
+/// behind.
 ///
 /// The returned client reconnects on its own afterwards (async-nats' default, without limit).
 ///

@@ -99,7 +99,7 @@ pub enum DriftPolicy {
     Report,
     /// Update the consumer in place where the server allows it (e.g. `max_deliver`,
     /// `ack_wait`, `max_ack_pending`), then verify it again. A consumer is never deleted and
-    /// recreated: that would lose its delivery and ack state (lesson L-C27).
+    /// recreated: that would lose its delivery and ack state.
     Update,
 }
 

@@ -90,7 +90,7 @@ fn malformed(what: &str) -> TopologyError {
 
 /// Every stream of the account, read page by page with `$JS.API.STREAM.LIST`.
 ///
-/// Fails closed (lesson L-R17): any failed page, a malformed answer, or streams the server
+/// Fails closed: any failed page, a malformed answer, or streams the server
 /// lists as `missing` (offline in a cluster) make the whole listing an error, never an empty
 /// or partial list. When the number of streams changes between pages, the listing starts over
 /// (at most a few times).
