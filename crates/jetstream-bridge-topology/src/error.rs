@@ -291,8 +291,9 @@ impl fmt::Display for Problem {
                     f,
                     "DLQ subject `{subject}` is already in stream `{stream}` (as `{stream_subject}`), \
                      the Ruby gem's layout; keep it there with DLQ placement `main-stream` \
-                     (`DlqPlacement::MainStream`, `--dlq-placement main-stream`), or remove it \
-                     from `{stream}` to move dead letters to a separate, browsable stream"
+                     (`DlqPlacement::MainStream`, `--dlq-placement main-stream`), or move it \
+                     to a separate, browsable stream (`EnsureOptions::move_dlq_subjects`, \
+                     `--move-dlq-subjects`; it must store no dead letter in `{stream}`)"
                 ),
                 DlqPlacement::MainStream => write!(
                     f,
