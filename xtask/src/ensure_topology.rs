@@ -49,6 +49,10 @@ pub(crate) struct Args {
     /// failing with a drift report.
     #[arg(long)]
     update_drift: bool,
+    /// Move DLQ subjects that store no dead letter out of the work-queue stream into the
+    /// separate DLQ stream (where a Ruby consumer's dead letters are not dropped).
+    #[arg(long)]
+    move_dlq_subjects: bool,
     /// Print the plan and change nothing.
     #[arg(long)]
     dry_run: bool,
@@ -109,7 +113,9 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
 
     println!("connecting to {}", config.nats_urls());
     let connection = jetstream_bridge_topology::connect(&config).await?;
-    let options = EnsureOptions::new().drift_policy(drift);
+    let options = EnsureOptions::new()
+        .drift_policy(drift)
+        .move_dlq_subjects(args.move_dlq_subjects);
 
     println!("planning (reading every stream and the durable)");
     let plan = connection.plan(&spec, &options).await?;
