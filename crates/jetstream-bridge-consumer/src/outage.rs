@@ -196,11 +196,13 @@ impl Outage {
                     Err(e) => {
                         self.failures.fetch_add(1, Ordering::Relaxed);
                         debug!(error = %e, "database probe failed");
-                        let current = self.lock().since.map(|s| s.elapsed());
-                        let past = self.lock().past;
-                        if let Some(current) = current {
-                            // Progress for liveness, and the outage time so far.
-                            self.stats.update(|s| s.db_outage_time = past + current);
+                        let so_far = {
+                            let episode = self.lock();
+                            episode.since.map(|since| episode.past + since.elapsed())
+                        };
+                        if let Some(so_far) = so_far {
+                            // The outage time so far (also progress for the liveness check).
+                            self.stats.update(|s| s.db_outage_time = so_far);
                         }
                     }
                 }

@@ -30,7 +30,8 @@ pub struct ConsumerStats {
     pub dlq_publish_failures: u64,
     /// Handler panics caught (each became a retryable failure).
     pub panics: u64,
-    /// In-progress acks (`+WPI`) sent for long handlers.
+    /// In-progress acks (`+WPI`) sent: for long handlers, and for received messages waiting
+    /// for a slot or for the database.
     pub progress_acks: u64,
     /// Failed pull requests (server gone, durable missing, …); the loop backs off and retries.
     pub fetch_errors: u64,
