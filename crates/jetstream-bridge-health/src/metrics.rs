@@ -1,13 +1,16 @@
-//! [`Metrics`]: the Prometheus registry with the seed's metric names, and
-//! [`MetricsMiddleware`], the consumer middleware that feeds the per-message ones.
+//! [`Metrics`]: the Prometheus registry with the seed's metric names; as a consumer
+//! [`MetricsRecorder`] it feeds the per-message ones through the consumer's
+//! [`MetricsMiddleware`].
 
 use std::collections::HashSet;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use jetstream_bridge_consumer::{BoxFuture, Event, HandlerAction, HandlerError, Middleware, Next};
+use jetstream_bridge_consumer::{
+    Event, HandlerAction, HandlerError, MetricsMiddleware, MetricsRecorder,
+};
 use jetstream_bridge_outbox::RelayStats;
 use prometheus_client::encoding::{EncodeGaugeValue, EncodeLabelSet, EncodeMetric, MetricEncoder};
 use prometheus_client::metrics::counter::Counter;
@@ -143,8 +146,8 @@ where
 ///
 /// | metric | type | labels | fed by |
 /// |---|---|---|---|
-/// | `jetstream_messages_total` | counter | `status`, `event_type` | [`MetricsMiddleware`] |
-/// | `jetstream_processing_duration_seconds` | histogram | `event_type` | [`MetricsMiddleware`] |
+/// | `jetstream_messages_total` | counter | `status`, `event_type` | [`Metrics::middleware`] |
+/// | `jetstream_processing_duration_seconds` | histogram | `event_type` | [`Metrics::middleware`] |
 /// | `jetstream_dlq_size` | gauge | | the probe (DLQ subject depth) |
 /// | `jetstream_consumer_pending` | gauge | | the probe (`CONSUMER.INFO` `num_pending`) |
 /// | `jetstream_consumer_ack_pending` | gauge | | the probe (`num_ack_pending`) |
@@ -303,15 +306,17 @@ impl Metrics {
         }
     }
 
-    /// A consumer middleware recording every handled message into these metrics.
+    /// The consumer middleware recording every event the handler sees into these metrics
+    /// (`jetstream_messages_total{status,event_type}`,
+    /// `jetstream_processing_duration_seconds{event_type}`). Register it first so the duration
+    /// covers the whole chain. Inbox duplicates and malformed messages never reach the handler
+    /// and are not counted here (see the consumer's `ConsumerStats`).
     #[must_use]
-    pub fn middleware(&self) -> MetricsMiddleware {
-        MetricsMiddleware {
-            metrics: self.clone(),
-        }
+    pub fn middleware(&self) -> MetricsMiddleware<Self> {
+        MetricsMiddleware::new(self.clone())
     }
 
-    /// Records one handled message (what [`MetricsMiddleware`] calls).
+    /// Records one handled message (what the [`middleware`](Self::middleware) calls).
     pub fn record_message(&self, event_type: &str, status: MessageStatus, elapsed: Duration) {
         let event_type = self.event_type_label(event_type);
         self.inner
@@ -409,34 +414,13 @@ pub(crate) struct ProbeGauges {
     pub(crate) outbox_failed: Option<u64>,
 }
 
-/// A consumer [`Middleware`] recording `jetstream_messages_total{status,event_type}` and
-/// `jetstream_processing_duration_seconds{event_type}` for every event the handler sees
-/// (from [`Metrics::middleware`]). Register it first so the duration covers the whole chain.
-///
-/// Messages acked without calling the handler (inbox duplicates) and malformed messages
-/// (dead-lettered before the handler) are not counted here: see the consumer's
-/// `ConsumerStats`.
-#[derive(Debug, Clone)]
-pub struct MetricsMiddleware {
-    metrics: Metrics,
-}
-
-impl Middleware for MetricsMiddleware {
-    fn call<'a>(
-        &'a self,
-        event: &'a Event,
-        next: Next<'a>,
-    ) -> BoxFuture<'a, Result<(), HandlerError>> {
-        Box::pin(async move {
-            let started = Instant::now();
-            let result = next.run(event).await;
-            self.metrics.record_message(
-                &event.envelope.event_type,
-                MessageStatus::of(result.as_ref().map(|_| ())),
-                started.elapsed(),
-            );
-            result
-        })
+impl MetricsRecorder for Metrics {
+    fn record(&self, event: &Event, outcome: Result<(), &HandlerError>, elapsed: Duration) {
+        self.record_message(
+            &event.envelope.event_type,
+            MessageStatus::of(outcome),
+            elapsed,
+        );
     }
 }
 

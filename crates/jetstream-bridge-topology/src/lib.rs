@@ -11,7 +11,7 @@ mod stream;
 mod violations;
 
 pub use connect::{connect, connect_options, server_urls, Connection};
-pub use consumer::bind_pull_consumer;
+pub use consumer::{bind_pull_consumer, lookup_durable, DurableInfo};
 pub use ensure::{
     ensure_topology, plan, Note, PlannedAction, StreamRole, TopologyPlan, TopologyReport,
 };
