@@ -17,7 +17,7 @@ async fn stream_leader_killed_during_relay_and_consume_loses_nothing() {
     let js = client(&urls, None).await;
     // The testkit's cluster has no authorization: the secret is only in the PostgreSQL URL.
     let secret = format!("pw{}", jetstream_bridge_testkit::unique_token());
-    let s = Scenario::new("cluster_r3_leader_kill9", urls.join(","), js, secret, 3).await;
+    let s = Scenario::new("cluster_r3_leader_kill9", urls.join(","), js, secret, 3, &[]).await;
     s.enqueue(EVENTS, None).await;
     let mut worker = s.worker("both", &[]);
     s.wait_count(EVENTS as i64 / 3, || s.applied()).await;

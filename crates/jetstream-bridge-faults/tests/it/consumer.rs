@@ -22,6 +22,7 @@ async fn consumer_killed_mid_batch_applies_every_event_once() {
         js,
         secret,
         1,
+        &[(vars::ACK_WAIT, "2s"), (vars::MAX_DELIVER, "20")],
     )
     .await;
     s.enqueue(EVENTS, None).await;
@@ -32,8 +33,6 @@ async fn consumer_killed_mid_batch_applies_every_event_once() {
         (vars::BATCH_SIZE, "100"),
         // Most of a batch's time is spent inside its transaction, so kills land mid-batch.
         (vars::BATCH_DELAY_MS, "40"),
-        (vars::ACK_WAIT, "2s"),
-        (vars::MAX_DELIVER, "20"),
     ];
     let mut worker = s.worker("consumer", &consumer_vars);
     let mut recovery = Duration::ZERO;

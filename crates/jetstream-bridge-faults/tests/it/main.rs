@@ -33,6 +33,11 @@ use serde_json::json;
 /// Bound for a whole phase (all events through); a healthy run takes a fraction of it.
 pub(crate) const PHASE: Duration = Duration::from_secs(120);
 
+/// The worker's defaults (see `jetstream_bridge_faults::vars`).
+const DEFAULT_MAX_DELIVER: &str = "10";
+const DEFAULT_BACKOFF: &str = "200ms";
+const DEFAULT_ACK_WAIT: &str = "2s";
+
 /// The NATS user of the private servers with authorization.
 const NATS_USER: &str = "fw";
 
@@ -51,6 +56,7 @@ pub(crate) struct Scenario {
     env: String,
     stream: String,
     replicas: usize,
+    settings: Vec<(String, String)>,
     logs: tempfile::TempDir,
     started: Instant,
 }
@@ -85,13 +91,30 @@ pub(crate) async fn client(urls: &[String], secret: Option<&str>) -> Context {
 impl Scenario {
     /// `nats_urls` are what the workers get (credentials included); `js` the test's client;
     /// `secret` is also put into the PostgreSQL URL (trust authentication ignores it).
+    /// `settings` (`FW_MAX_DELIVER`, `FW_BACKOFF`, `FW_ACK_WAIT`) go to every worker and into
+    /// the provisioned durable, so both agree.
     pub(crate) async fn new(
         name: &'static str,
         nats_urls: String,
         js: Context,
         secret: String,
         replicas: usize,
+        settings: &[(&str, &str)],
     ) -> Self {
+        let setting = |key: &str, default: &str| {
+            settings
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map_or(default.to_owned(), |(_, v)| (*v).to_owned())
+        };
+        let backoff: Vec<String> = setting(vars::BACKOFF, DEFAULT_BACKOFF)
+            .split(',')
+            .map(str::to_owned)
+            .collect();
+        let max_deliver: u32 = setting(vars::MAX_DELIVER, DEFAULT_MAX_DELIVER)
+            .parse()
+            .unwrap();
+        let ack_wait = setting(vars::ACK_WAIT, DEFAULT_ACK_WAIT);
         let db = TestDb::new().await;
         db.conn()
             .await
@@ -108,6 +131,9 @@ impl Scenario {
                 .stream_name(stream.as_str())
                 .stream_replicas(replicas)
                 .disable_js_api(false)
+                .max_deliver(max_deliver)
+                .backoff(backoff.clone())
+                .ack_wait(ack_wait.as_str())
                 .build()
                 .unwrap()
         };
@@ -131,6 +157,10 @@ impl Scenario {
             env,
             stream,
             replicas,
+            settings: settings
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
             logs: tempfile::tempdir().unwrap(),
             started: Instant::now(),
         }
@@ -157,6 +187,9 @@ impl Scenario {
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
+        for (k, v) in &self.settings {
+            cmd.env(k, v);
+        }
         for (k, v) in extra {
             cmd.env(k, v);
         }

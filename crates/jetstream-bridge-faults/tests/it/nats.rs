@@ -23,6 +23,7 @@ async fn nats_killed_longer_than_the_lease_resumes_without_loss() {
         js,
         secret,
         1,
+        &[],
     )
     .await;
     s.enqueue(EVENTS, None).await;

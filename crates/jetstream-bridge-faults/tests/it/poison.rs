@@ -11,6 +11,7 @@ use jetstream_bridge_faults::vars;
 use crate::{client, secured_server, url_with_credentials, Figures, Scenario};
 
 const GOOD: usize = 300;
+/// As in the scenario's settings.
 const MAX_DELIVER: u32 = 4;
 /// Delay after failed delivery `n` is `BACKOFF[n-1]`.
 const BACKOFF: [Duration; 3] = [
@@ -39,19 +40,17 @@ async fn poison_event_is_dead_lettered_after_max_deliver_with_backoff() {
         js,
         secret,
         1,
+        &[
+            (vars::MAX_DELIVER, "4"),
+            (vars::BACKOFF, "300ms,600ms,900ms"),
+            (vars::ACK_WAIT, "5s"),
+        ],
     )
     .await;
     let ids = s.enqueue(GOOD + 1, Some(GOOD / 2)).await;
     let poison_id = ids[GOOD / 2].clone();
     let max_deliver = MAX_DELIVER.to_string();
-    let _worker = s.worker(
-        "both",
-        &[
-            (vars::MAX_DELIVER, max_deliver.as_str()),
-            (vars::BACKOFF, "300ms,600ms,900ms"),
-            (vars::ACK_WAIT, "5s"),
-        ],
-    );
+    let _worker = s.worker("both", &[]);
     let flowed = s.wait_count(GOOD as i64, || s.applied()).await;
     let dlq = s.js.get_stream(s.spec.dlq_stream_name()).await.unwrap();
     s.wait_count(1, || async {

@@ -22,6 +22,7 @@ async fn relay_killed_three_times_loses_and_duplicates_nothing() {
         js,
         secret,
         1,
+        &[],
     )
     .await;
     let ids = s.enqueue(EVENTS, None).await;
