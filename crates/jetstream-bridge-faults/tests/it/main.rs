@@ -219,6 +219,27 @@ impl Scenario {
         ids
     }
 
+    /// Enqueues `n` events in the background, `chunk` per transaction every `every`, so the
+    /// relay is busy for the whole of a fault.
+    pub(crate) async fn trickle(
+        &self,
+        n: usize,
+        chunk: usize,
+        every: Duration,
+    ) -> tokio::task::JoinHandle<()> {
+        let outbox = Outbox::new(&self.relay_config);
+        let mut conn = self.db.conn().await;
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(every);
+            for start in (0..n).step_by(chunk) {
+                ticker.tick().await;
+                let events = (start..n.min(start + chunk))
+                    .map(|i| NewEvent::new("user.created", json!({ "n": i })));
+                outbox.enqueue_batch(&mut conn, events).await.unwrap();
+            }
+        })
+    }
+
     pub(crate) async fn count(&self, sql: &str) -> i64 {
         count(&self.db, sql).await
     }
