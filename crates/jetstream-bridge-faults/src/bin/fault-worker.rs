@@ -59,7 +59,13 @@ async fn run() -> Result<(), BoxError> {
         "relay" => (true, false),
         "consumer" => (false, true),
         "both" => (true, true),
-        other => return Err(format!("{} must be relay, consumer or both, not {other:?}", vars::ROLE).into()),
+        other => {
+            return Err(format!(
+                "{} must be relay, consumer or both, not {other:?}",
+                vars::ROLE
+            )
+            .into())
+        }
     };
     let database_url = var(vars::DATABASE_URL)?;
     let base = |app: &str, peer: &str| -> Result<Config, BoxError> {
@@ -188,7 +194,10 @@ impl InboxBatchHandler for Apply {
         if let Some(poison) = events.iter().find(|e| is_poison(e)) {
             return Err(self.reject(poison).await);
         }
-        let ids: Vec<&str> = events.iter().map(|e| e.envelope.event_id.as_str()).collect();
+        let ids: Vec<&str> = events
+            .iter()
+            .map(|e| e.envelope.event_id.as_str())
+            .collect();
         diesel::sql_query("INSERT INTO effects (event_id) SELECT unnest($1::text[])")
             .bind::<Array<Text>, _>(&ids)
             .execute(conn)

@@ -19,23 +19,39 @@ async fn stream_leader_killed_during_relay_and_consume_loses_nothing() {
     let js = client(&urls, None).await;
     // The testkit's cluster has no authorization: the secret is only in the PostgreSQL URL.
     let secret = format!("pw{}", jetstream_bridge_testkit::unique_token());
-    let s = Scenario::new("cluster_r3_leader_kill9", urls.join(","), js, secret, 3, &[]).await;
+    let s = Scenario::new(
+        "cluster_r3_leader_kill9",
+        urls.join(","),
+        js,
+        secret,
+        3,
+        &[],
+    )
+    .await;
     // Enqueued over ~6 s, so the relay and the consumer are both busy when the leader dies.
     let producer = s.trickle(EVENTS, 100, Duration::from_millis(200)).await;
     let mut worker = s.worker("both", &[]);
     s.wait_count(EVENTS as i64 / 3, || s.applied()).await;
-    assert!(!producer.is_finished(), "the kill must land while events are still produced");
+    assert!(
+        !producer.is_finished(),
+        "the kill must land while events are still produced"
+    );
 
     let mut stream = s.js.get_stream(s.spec.stream_name()).await.unwrap();
     let info = stream.info().await.unwrap();
-    let leader = info.cluster.clone().and_then(|c| c.leader).expect("stream leader");
+    let leader = info
+        .cluster
+        .clone()
+        .and_then(|c| c.leader)
+        .expect("stream leader");
     let index = cluster.node_index(&leader).expect("leader is a node");
     let (sent_at_kill, applied_at_kill) = (s.sent().await, s.applied().await);
     cluster.node(index).kill9();
     let killed = Instant::now();
     // Progress beyond what the worker could have had in hand at the kill (a fetch is 100).
     s.wait_count(sent_at_kill + PROGRESS, || s.sent()).await;
-    s.wait_count(applied_at_kill + PROGRESS, || s.applied()).await;
+    s.wait_count(applied_at_kill + PROGRESS, || s.applied())
+        .await;
     let recovery = killed.elapsed();
     producer.await.unwrap();
     s.wait_count(EVENTS as i64, || s.sent()).await;
@@ -67,7 +83,10 @@ async fn stream_leader_killed_during_relay_and_consume_loses_nothing() {
         0
     );
     let log_lines = s.assert_no_secret_in_logs();
-    println!("  {}: leader {leader} killed, new leader {new_leader:?}", s.name);
+    println!(
+        "  {}: leader {leader} killed, new leader {new_leader:?}",
+        s.name
+    );
     s.summary(&Figures {
         events: EVENTS,
         cycles: 1,

@@ -141,9 +141,13 @@ impl Scenario {
         let consumer_config = config("billing", "orders");
         let spec = TopologySpec::from_config(&consumer_config);
         for config in [&relay_config, &consumer_config] {
-            ensure_topology(&js, &TopologySpec::from_config(config), &EnsureOptions::new())
-                .await
-                .unwrap();
+            ensure_topology(
+                &js,
+                &TopologySpec::from_config(config),
+                &EnsureOptions::new(),
+            )
+            .await
+            .unwrap();
         }
         Self {
             name,
@@ -346,7 +350,9 @@ impl Scenario {
             figures.events,
             figures.cycles,
             figures.lost,
-            figures.duplicate_effects.map_or("n/a".into(), |n| n.to_string()),
+            figures
+                .duplicate_effects
+                .map_or("n/a".into(), |n| n.to_string()),
             figures.duplicate_stream_entries,
             figures.dead_lettered,
             figures.recovery.as_millis(),

@@ -81,7 +81,10 @@ async fn poison_event_is_dead_lettered_after_max_deliver_with_backoff() {
     drop(conn);
     let deliveries: Vec<i32> = attempts.iter().map(|a| a.delivery).collect();
     assert_eq!(deliveries, (1..=MAX_DELIVER as i32).collect::<Vec<_>>());
-    let gaps: Vec<i64> = attempts.windows(2).map(|w| w[1].at_ms - w[0].at_ms).collect();
+    let gaps: Vec<i64> = attempts
+        .windows(2)
+        .map(|w| w[1].at_ms - w[0].at_ms)
+        .collect();
     for (gap, backoff) in gaps.iter().zip(BACKOFF) {
         // Roughly at least the backoff (timestamps are taken in the handler, ms precision).
         assert!(

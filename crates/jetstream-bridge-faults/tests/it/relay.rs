@@ -31,7 +31,8 @@ async fn relay_killed_three_times_loses_and_duplicates_nothing() {
     let mut worker = s.worker("relay", &relay_vars);
     let mut recovery = Duration::ZERO;
     for k in 1..=KILLS {
-        s.wait_stream_at_least(total * k as u64 / (KILLS as u64 + 1)).await;
+        s.wait_stream_at_least(total * k as u64 / (KILLS as u64 + 1))
+            .await;
         worker.kill9();
         let (at_kill, _) = s.stream_state().await.unwrap();
         let killed = Instant::now();
