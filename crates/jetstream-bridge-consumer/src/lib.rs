@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod admin;
 mod dlq;
 mod error;
 mod handler;
@@ -8,6 +9,7 @@ mod middleware;
 mod process;
 mod runtime;
 
+pub use admin::{DeadLetter, DeadLetterQueue, DlqError, DlqErrorKind, DlqFilter, ReplayOptions};
 pub use error::{ConsumerError, ConsumerErrorKind, Result};
 pub use handler::{BatchHandler, Batched, Event, Handler, HandlerAction, HandlerError, Metadata};
 pub use middleware::{

@@ -180,8 +180,8 @@ mod tests {
         // An invalid replay header is skipped like an invalid msg-id.
         let blank = [("x-replay-of", " "), ("Nats-Msg-Id", "m1")];
         assert_eq!(event_id_from_headers(blank).unwrap(), "m1");
-        let body = Envelope::from_slice(br#"{"event_id":"b1","event_type":"a.b","payload":{}}"#)
-            .unwrap();
+        let body =
+            Envelope::from_slice(br#"{"event_id":"b1","event_type":"a.b","payload":{}}"#).unwrap();
         assert_eq!(
             resolve_event_id([(REPLAY_OF_HEADER, "e1")], Some(&body)).unwrap(),
             "e1"
