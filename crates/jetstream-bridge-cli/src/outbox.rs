@@ -140,18 +140,15 @@ pub(crate) async fn run(
                 args.batch_size
             ));
             let started = Instant::now();
-            let deleted = Outbox::delete_sent_older_than(
-                &mut conn,
-                args.older_than,
-                args.batch_size,
-            )
-            .await
-            .map_err(|e| {
-                connect::database_error(
+            let deleted =
+                Outbox::delete_sent_older_than(&mut conn, args.older_than, args.batch_size)
+                    .await
+                    .map_err(|e| {
+                        connect::database_error(
                     "deleting sent outbox rows (batches deleted before the failure stay deleted)",
                     &e,
                 )
-            })?;
+                    })?;
             if out.json() {
                 out.value(&json!({
                     "deleted": deleted,

@@ -27,11 +27,15 @@ impl Secrets {
         let mut values = Vec::new();
         for list in urls {
             for url in list.split(',').map(str::trim) {
-                let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+                let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
                 if let Some((userinfo, _)) = rest.rsplit_once('@') {
                     match userinfo.split_once(':') {
                         Some((_, password)) => values.push(password.to_owned()),
-                        None => values.push(userinfo.to_owned()),
+                        // `nats://token@host`: a token; `postgres://user@host`: a user name.
+                        None if !scheme.starts_with("postgres") => {
+                            values.push(userinfo.to_owned());
+                        }
+                        None => {}
                     }
                 }
                 // A key/value DSN (`host=db password=x`): its password value.
@@ -53,18 +57,7 @@ impl Secrets {
     /// `text` with every URL's credentials masked ([`redact_url`]) and every known secret
     /// replaced by `***` (also inside messages that quote it without a URL).
     pub(crate) fn scrub(&self, text: &str) -> String {
-        let mut out: String = text
-            .split_inclusive(char::is_whitespace)
-            .map(|word| {
-                if word.contains("://") && word.contains('@') {
-                    let trimmed = word.trim_end();
-                    let tail = &word[trimmed.len()..];
-                    format!("{}{tail}", redact_url(trimmed))
-                } else {
-                    word.to_owned()
-                }
-            })
-            .collect();
+        let mut out = mask_urls(text);
         for secret in &self.values {
             if out.contains(secret.as_str()) {
                 out = out.replace(secret.as_str(), "***");
@@ -72,6 +65,32 @@ impl Secrets {
         }
         out
     }
+}
+
+/// `text` with the credentials of every URL in it masked ([`redact_url`]). A URL is a scheme
+/// (`[A-Za-z0-9+.-]+`), `://`, and everything up to whitespace, a quote, a backtick or a
+/// closing bracket.
+fn mask_urls(text: &str) -> String {
+    let is_scheme = |c: char| c.is_ascii_alphanumeric() || matches!(c, '+' | '.' | '-');
+    let is_end = |c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '`' | ')' | ']' | '>');
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("://") {
+        let start = rest[..at]
+            .char_indices()
+            .rev()
+            .take_while(|(_, c)| is_scheme(*c))
+            .last()
+            .map_or(at, |(i, _)| i);
+        let end = rest[at + 3..]
+            .find(is_end)
+            .map_or(rest.len(), |i| at + 3 + i);
+        out.push_str(&rest[..start]);
+        out.push_str(&redact_url(&rest[start..end]));
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// The output of one command.
@@ -272,6 +291,15 @@ mod tests {
             assert!(!out.contains(secret), "{out}");
         }
         assert!(out.contains("postgres://app:***@db/app"), "{out}");
+        assert_eq!(
+            mask_urls(r#"{"db": "postgres://u:p@h/d", "n": "`nats://t@h:1`" x://y}"#),
+            r#"{"db": "postgres://u:***@h/d", "n": "`nats://***@h:1`" x://y}"#
+        );
+        let user_only = Secrets::from_sources(["postgres://postgres@db/app"], []);
+        assert_eq!(
+            user_only.scrub("postgres://postgres@db/app: role postgres"),
+            "postgres://***@db/app: role postgres"
+        );
         let kv = Secrets::from_sources(["host=db password=s3cret user=x"], []);
         assert_eq!(kv.scrub("auth s3cret failed"), "auth *** failed");
     }
