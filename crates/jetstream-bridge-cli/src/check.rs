@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::context::GetStreamByNameErrorKind;
 use jetstream_bridge_config::{format_duration, parse_duration, Config};
+use jetstream_bridge_pg::{MigrationState, Migrator};
 use jetstream_bridge_topology::{Connection, EnsureOptions, TopologySpec};
 use serde_json::json;
 
@@ -363,20 +364,46 @@ async fn database_checks(global: &GlobalArgs, config: &Config, out: &Out, f: &mu
             ),
         }
     }
-    match crate::migrate::pending_all(&mut conn).await {
-        Ok(pending) if pending.is_empty() => {
-            f.add("database", "migrations", Level::Ok, "up to date");
+    match Migrator::all().status(&mut conn).await {
+        Ok(status) => {
+            let pending: Vec<&str> = status
+                .iter()
+                .filter(|s| s.state == MigrationState::Pending)
+                .map(|s| s.name)
+                .collect();
+            let changed: Vec<&str> = status
+                .iter()
+                .filter(|s| matches!(s.state, MigrationState::Changed { .. }))
+                .map(|s| s.name)
+                .collect();
+            if !changed.is_empty() {
+                f.add(
+                    "database",
+                    "migrations",
+                    Level::Problem,
+                    format!(
+                        "applied with different SQL than this version ships: {}",
+                        changed.join(", ")
+                    ),
+                );
+            }
+            if pending.is_empty() {
+                if changed.is_empty() {
+                    f.add("database", "migrations", Level::Ok, "up to date");
+                }
+            } else {
+                f.add(
+                    "database",
+                    "migrations",
+                    Level::Warning,
+                    format!(
+                        "pending: {} (run `jetstream-bridge migrate`)",
+                        pending.join(", ")
+                    ),
+                );
+            }
         }
-        Ok(pending) => f.add(
-            "database",
-            "migrations",
-            Level::Warning,
-            format!(
-                "pending: {} (run `jetstream-bridge migrate`)",
-                pending.join(", ")
-            ),
-        ),
-        Err(e) => f.add("database", "migrations", Level::Problem, e.to_string()),
+        Err(e) => f.add("database", "migrations", Level::Problem, chain(&e)),
     }
 }
 

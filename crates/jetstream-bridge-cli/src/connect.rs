@@ -4,8 +4,6 @@ use std::time::Duration;
 
 use diesel::sql_types::Bool;
 use diesel::QueryableByName;
-use diesel_async::pooled_connection::deadpool::Pool;
-use diesel_async::pooled_connection::AsyncDieselConnectionManager;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use jetstream_bridge_config::{redact_url, Config};
 use jetstream_bridge_topology::Connection;
@@ -43,17 +41,14 @@ pub(crate) async fn database(url: &str, out: &Out) -> Result<AsyncPgConnection, 
 }
 
 /// A pool of up to `max_size` connections to `url` (connections are opened on demand).
-pub(crate) fn pool(url: &str, max_size: usize) -> Result<Pool<AsyncPgConnection>, CliError> {
-    Pool::builder(AsyncDieselConnectionManager::<AsyncPgConnection>::new(url))
-        .max_size(max_size)
-        .build()
-        .map_err(|e| {
-            CliError::with_chain(
-                CliErrorKind::Database,
-                format!("cannot build a pool for {}", redact_url(url)),
-                &e,
-            )
-        })
+pub(crate) fn pool(url: &str, max_size: usize) -> Result<jetstream_bridge_pg::Pool, CliError> {
+    jetstream_bridge_pg::pool(url, max_size).map_err(|e| {
+        CliError::with_chain(
+            CliErrorKind::Database,
+            format!("cannot build a pool for {}", redact_url(url)),
+            &e,
+        )
+    })
 }
 
 #[derive(QueryableByName)]

@@ -1,6 +1,7 @@
 //! `migrate`: every table's migrations, idempotently, under an advisory lock.
 
 use jetstream_bridge_config::redact_url;
+use jetstream_bridge_pg::{Component, Migrator};
 use serde_json::json;
 
 use crate::connect;
@@ -27,78 +28,49 @@ pub struct MigrateArgs {
     pub only: Option<Only>,
 }
 
-type Names = Vec<String>;
-
-async fn pending(
-    conn: &mut diesel_async::AsyncPgConnection,
-    only: Option<Only>,
-) -> Result<Names, CliError> {
-    let mut names = Vec::new();
-    if only != Some(Only::Inbox) {
-        names.extend(
-            jetstream_bridge_outbox::migrations::pending(conn)
-                .await
-                .map_err(|e| connect::database_error("reading applied migrations", &e))?,
-        );
+fn migrator(only: Option<Only>) -> Migrator {
+    match only {
+        None => Migrator::all(),
+        Some(Only::Outbox) => Migrator::only(Component::Outbox),
+        Some(Only::Inbox) => Migrator::only(Component::Inbox),
     }
-    if only != Some(Only::Outbox) {
-        names.extend(
-            jetstream_bridge_inbox::migrations::pending(conn)
-                .await
-                .map_err(|e| connect::database_error("reading applied migrations", &e))?,
-        );
-    }
-    Ok(names)
-}
-
-/// Every migration not applied yet (outbox and inbox), for `check`.
-pub(crate) async fn pending_all(
-    conn: &mut diesel_async::AsyncPgConnection,
-) -> Result<Names, CliError> {
-    pending(conn, None).await
-}
-
-async fn apply(
-    conn: &mut diesel_async::AsyncPgConnection,
-    only: Option<Only>,
-    applied: &mut Names,
-) -> Result<(), CliError> {
-    if only != Some(Only::Inbox) {
-        applied.extend(
-            jetstream_bridge_outbox::migrations::run_pending(conn)
-                .await
-                .map_err(|e| connect::database_error("applying the outbox migrations", &e))?,
-        );
-    }
-    if only != Some(Only::Outbox) {
-        applied.extend(
-            jetstream_bridge_inbox::migrations::run_pending(conn)
-                .await
-                .map_err(|e| connect::database_error("applying the inbox migrations", &e))?,
-        );
-    }
-    Ok(())
 }
 
 pub(crate) async fn run(args: MigrateArgs, global: &GlobalArgs, out: &Out) -> Result<(), CliError> {
     let url = global.database_url()?;
     let mut conn = connect::database(&url, out).await?;
-    let before = pending(&mut conn, args.only).await?;
+    let migrator = migrator(args.only);
+    let before = migrator
+        .pending(&mut conn)
+        .await
+        .map_err(|e| connect::database_error("reading applied migrations", &e))?;
     for name in &before {
         out.note(format!("pending: {name}"));
     }
-    let mut applied = Vec::new();
-    if let Err(e) = apply(&mut conn, args.only, &mut applied).await {
-        let done = if applied.is_empty() {
-            "nothing was applied".to_owned()
-        } else {
-            format!("applied before the failure: {}", applied.join(", "))
-        };
-        return Err(CliError::new(
-            CliErrorKind::Partial,
-            format!("{e} ({done})"),
-        ));
-    }
+    let applied = match migrator.run(&mut conn).await {
+        Ok(applied) => applied,
+        Err(e) => {
+            // Each migration commits on its own: say which ones are in now.
+            let still = migrator
+                .pending(&mut conn)
+                .await
+                .unwrap_or_else(|_| before.clone());
+            let done: Vec<&str> = before
+                .iter()
+                .filter(|n| !still.contains(n))
+                .map(String::as_str)
+                .collect();
+            let done = if done.is_empty() {
+                "nothing was applied".to_owned()
+            } else {
+                format!("applied before the failure: {}", done.join(", "))
+            };
+            return Err(CliError::new(
+                CliErrorKind::Partial,
+                format!("applying migrations: {} ({done})", crate::error::chain(&e)),
+            ));
+        }
+    };
     if out.json() {
         out.value(&json!({
             "database": redact_url(&url),

@@ -3,7 +3,6 @@
 
 mod admin;
 mod error;
-pub mod migrations;
 mod store;
 
 pub use admin::InboxSummary;

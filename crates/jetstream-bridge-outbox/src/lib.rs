@@ -4,7 +4,6 @@
 mod admin;
 mod backoff;
 mod error;
-pub mod migrations;
 mod model;
 mod publisher;
 mod relay;

@@ -10,6 +10,7 @@ mod nats;
 mod nats_server;
 mod pg_server;
 mod process;
+mod service;
 mod unique;
 
 pub use db::TestDb;
@@ -17,6 +18,7 @@ pub use eventually::{eventually, Outcome, EVENTUALLY_INTERVAL};
 pub use nats::{TestNats, DEFAULT_NATS_URL, TEST_STREAM_MAX_AGE};
 pub use nats_server::{NatsCluster, NatsServer, NatsServerBuilder};
 pub use pg_server::PgServer;
+pub use service::InboxRow;
 pub use unique::unique_token;
 
 /// Re-exported so tests name the same versions as the testkit.

@@ -8,6 +8,7 @@ mod eventually;
 mod fault_nats_cluster;
 mod fault_nats_server;
 mod fault_pg_server;
+mod service;
 mod shared_nats;
 mod test_db;
 
