@@ -206,6 +206,31 @@ impl ConfigBuilder {
         self
     }
 
+    /// The environment name (replaces the one given to [`Config::builder`] or read from
+    /// `NATS_ENV`): a subject token, required by the env-prefixed layout; with
+    /// [`SubjectLayout::EnvLess`] it may be empty.
+    pub fn env(mut self, env: impl Into<String>) -> Self {
+        self.touch("env");
+        self.subjects.set_env(env.into());
+        self
+    }
+
+    /// This service's name (replaces the one given to [`Config::builder`] or read from
+    /// `APP_NAME`): a subject token, not `dlq`, different from `destination_app`.
+    pub fn app_name(mut self, app_name: impl Into<String>) -> Self {
+        self.touch("app_name");
+        self.subjects.set_app_name(app_name.into());
+        self
+    }
+
+    /// The peer service's name (replaces the one given to [`Config::builder`] or read from
+    /// `DESTINATION_APP`): a subject token, not `dlq`.
+    pub fn destination_app(mut self, destination_app: impl Into<String>) -> Self {
+        self.touch("destination_app");
+        self.subjects.set_destination_app(destination_app.into());
+        self
+    }
+
     /// The subject layout (default [`SubjectLayout::EnvPrefixed`]; [`SubjectLayout::EnvLess`]
     /// allows an empty env).
     pub fn layout(mut self, layout: SubjectLayout) -> Self {
@@ -345,7 +370,12 @@ impl ConfigBuilder {
     }
 
     /// NAK delays per failed delivery (default `[1s, 5s, 15s, 30s, 60s]`; non-empty, each
-    /// positive).
+    /// positive, at most `max_deliver` of them).
+    ///
+    /// After failed delivery `n` the bridge waits `backoff[n-1]` (the last entry repeating), and
+    /// the last delivery goes to the DLQ, so only the first `max_deliver - 1` delays ever apply.
+    /// One delay per delivery is accepted (the gem's defaults, 5 deliveries and 5 delays, do
+    /// that; [`Config::warnings`] lists the delay that never applies); more is an error.
     pub fn backoff<I>(mut self, delays: I) -> Self
     where
         I: IntoIterator,
@@ -498,6 +528,12 @@ impl ConfigBuilder {
         at_least(&mut p, "max_deliver", self.max_deliver.into(), 1);
         let ack_wait = duration(&mut p, "ack_wait", &self.ack_wait, false);
         let backoff = backoff(&mut p, &self.backoff);
+        if self.max_deliver >= 1 && to_u64(self.backoff.len()) > u64::from(self.max_deliver) {
+            p.push(ConfigProblem::BackoffTooLong {
+                delays: self.backoff.len(),
+                max_deliver: self.max_deliver,
+            });
+        }
         if let Some(max) = self.max_ack_pending {
             at_least(&mut p, "max_ack_pending", max.into(), 1);
             if max >= 1 && to_u64(self.batch_size) > u64::from(max) {
@@ -981,6 +1017,84 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn backoff_may_list_one_delay_per_delivery_and_no_more() {
+        // The defaults (5 deliveries, 5 delays) and every preset build.
+        assert!(base().build().is_ok());
+        for preset in Preset::ALL {
+            assert!(base().preset(preset).build().is_ok(), "{preset}");
+        }
+        assert!(base()
+            .max_deliver(3)
+            .backoff(["1s", "2s", "3s"])
+            .build()
+            .is_ok());
+        let p = single(base().max_deliver(3));
+        assert_eq!(
+            p,
+            ConfigProblem::BackoffTooLong {
+                delays: 5,
+                max_deliver: 3
+            }
+        );
+        assert_eq!(p.field(), Some("backoff"));
+        assert_eq!(
+            p.to_string(),
+            "`backoff` lists 5 delays but `max_deliver` 3 lets at most 2 apply (after failed \
+             delivery n the bridge waits backoff[n-1]; the last delivery goes to the DLQ): list \
+             at most 3, or raise `max_deliver`"
+        );
+        assert_eq!(
+            single(base().max_deliver(1).backoff(["1s", "2s"])),
+            ConfigProblem::BackoffTooLong {
+                delays: 2,
+                max_deliver: 1
+            }
+        );
+        // A preset sets both; a later max_deliver below its delays is reported.
+        assert!(matches!(
+            single(base().preset(Preset::MaximumReliability).max_deliver(5)),
+            ConfigProblem::BackoffTooLong {
+                delays: 10,
+                max_deliver: 5
+            }
+        ));
+        // `max_deliver` 0 is reported once, as out of range.
+        assert!(matches!(
+            single(base().max_deliver(0)),
+            ConfigProblem::OutOfRange {
+                field: "max_deliver",
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn env_app_and_destination_setters_replace_the_constructor_values() {
+        let c = Config::builder("x", "y", "z")
+            .env("staging")
+            .app_name("orders")
+            .destination_app("billing")
+            .build()
+            .unwrap();
+        assert_eq!(c.env().unwrap(), "staging");
+        assert_eq!(c.app_name(), "orders");
+        assert_eq!(c.destination_app(), "billing");
+        assert_eq!(c.subjects().source(), "staging.orders.sync.billing");
+        assert_eq!(c.durable_name(), "staging-orders-workers");
+        // Validated like the constructor's values.
+        let p = problems(base().env("a.b").app_name("").destination_app("dlq"));
+        let fields: Vec<_> = p.iter().filter_map(ConfigProblem::field).collect();
+        assert_eq!(fields, ["env", "app_name", "destination_app"], "{p:?}");
+        // An empty env with the env-less layout.
+        let c = base()
+            .env("")
+            .layout(SubjectLayout::EnvLess)
+            .build()
+            .unwrap();
+        assert_eq!(c.env(), None);
     }
 
     #[test]

@@ -302,8 +302,9 @@ impl Config {
     }
 
     /// NAK delays: after failed delivery `n` the bridge waits `backoff[n-1]`, the last entry
-    /// repeating (default `[1s, 5s, 15s, 30s, 60s]`, non-empty, each positive). Never sent to the
-    /// server (SPEC §2).
+    /// repeating (default `[1s, 5s, 15s, 30s, 60s]`, non-empty, each positive, at most
+    /// `max_deliver` entries). Only the first `max_deliver - 1` ever apply: the last delivery goes
+    /// to the DLQ ([`warnings`](Self::warnings) lists the others). Never sent to the server.
     #[must_use]
     pub fn backoff(&self) -> &[Duration] {
         &self.backoff

@@ -15,7 +15,7 @@ const NATS_MAX: Duration = Duration::new(9_223_372_036, 854_775_807);
 ///
 /// Parsing is [`humantime`]'s grammar with three changes for the gem's users:
 /// - a unit is **required**: `30` (and even `0`) is rejected. The gem's "auto" rule (below 1000
-///   means seconds, from 1000 on milliseconds, lesson L-C26) makes `1000` shorter than `999`;
+///   means seconds, from 1000 on milliseconds) makes `1000` shorter than `999`;
 /// - units are case-insensitive (`30S`, `1M` = one minute, as in the gem; humantime's `M` for
 ///   months is therefore not available, write `month`);
 /// - `_` between digits is ignored (`1_000ms`), and surrounding whitespace is trimmed.

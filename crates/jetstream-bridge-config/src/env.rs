@@ -674,6 +674,58 @@ mod tests {
     }
 
     #[test]
+    fn env_app_and_destination_setters_override_the_environment() {
+        let c = with(&[])
+            .env("staging")
+            .app_name("shipping")
+            .build()
+            .unwrap();
+        assert_eq!(c.subjects().source(), "staging.shipping.sync.billing");
+        let e = with(&[])
+            .app_name(" bad")
+            .destination_app("")
+            .build()
+            .unwrap_err();
+        assert_eq!(
+            e.env_var_for("app_name"),
+            None,
+            "the setter's value is reported"
+        );
+        assert_eq!(e.env_var_for("destination_app"), None);
+        assert_eq!(e.env_var_for("env"), Some("NATS_ENV"));
+        let e = ConfigBuilder::from_env_pairs::<_, &str, &str>([])
+            .env("production")
+            .app_name("orders")
+            .build()
+            .unwrap_err();
+        assert_eq!(e.problems().len(), 1, "{e}");
+        assert_eq!(e.env_var_for("destination_app"), Some("DESTINATION_APP"));
+    }
+
+    #[test]
+    fn a_lower_max_deliver_with_the_default_backoff_is_reported() {
+        let e = err(&[("JETSTREAM_MAX_DELIVER", "3")]);
+        assert_eq!(
+            e.problems(),
+            [ConfigProblem::BackoffTooLong {
+                delays: 5,
+                max_deliver: 3
+            }]
+        );
+        let e = err(&[
+            ("JETSTREAM_MAX_DELIVER", "3"),
+            ("JETSTREAM_BACKOFF", "1s,2s,3s,4s"),
+        ]);
+        assert!(e.to_string().contains("(env `JETSTREAM_BACKOFF`)"), "{e}");
+        assert!(with(&[
+            ("JETSTREAM_MAX_DELIVER", "3"),
+            ("JETSTREAM_BACKOFF", "1s,2s")
+        ])
+        .build()
+        .is_ok());
+    }
+
+    #[test]
     fn not_unicode_is_a_problem_not_a_panic() {
         let b = ConfigBuilder::from_lookup(|name| match name {
             "NATS_ENV" => Lookup::Value("p".into()),

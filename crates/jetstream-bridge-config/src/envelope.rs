@@ -1,7 +1,7 @@
 //! The wire envelope (schema version 1), byte-compatible with what the Ruby gem emits, and the
 //! wire constants around it (message-id and DLQ headers, DLQ reasons and context).
 //!
-//! Wire format (SPEC §3, §9): one compact JSON object with the keys
+//! Wire format: one compact JSON object with the keys
 //! `event_id, schema_version, event_type, producer, resource_id, occurred_at, trace_id,
 //! resource_type, payload` in this order; `resource_id` always a string (`""` when the payload has
 //! no id); `occurred_at` in UTC at whole seconds with `Z`; non-ASCII and `/ < > &` unescaped.
@@ -109,7 +109,8 @@ pub struct Envelope {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub occurred_at: Option<Timestamp>,
     /// Correlation id: 16 lowercase hex characters when we generate it (the gem's
-    /// `SecureRandom.hex(8)`); any string when read.
+    /// `SecureRandom.hex(8)`); any header-safe text when given to the builder (the gem accepts
+    /// any string, e.g. `"trace-abc-123"`); any string when read.
     pub trace_id: String,
     /// Kind of resource (`user`): the `event_type` prefix by default, `"event"` when there is none.
     pub resource_type: String,
@@ -120,6 +121,9 @@ pub struct Envelope {
 impl Envelope {
     /// The schema version this crate writes.
     pub const SCHEMA_VERSION: u32 = 1;
+
+    /// The longest `trace_id` the builder accepts, in bytes.
+    pub const MAX_TRACE_ID_BYTES: usize = 128;
 
     /// Starts building an envelope for `event_type` carrying `payload` (anything serializable
     /// to a JSON object: a `serde_json::Value`, a `#[derive(Serialize)]` struct, a map).
@@ -194,7 +198,7 @@ impl Envelope {
 
     /// Parses a received message: the event id comes from the `Nats-Msg-Id` header (any case,
     /// see [`event_id_from_headers`]) and, only when no valid header is present, from the body's
-    /// `event_id` (SPEC §3, the gem's inbox rule). The header id then also becomes
+    /// `event_id` (the gem's inbox rule). The header id then also becomes
     /// [`event_id`](Self::event_id), so the id a handler sees is the id the inbox dedupes on.
     ///
     /// # Errors
@@ -418,8 +422,39 @@ fn infer_resource_id(payload: &Map<String, Value>) -> String {
         .unwrap_or_default()
 }
 
-/// Whether `trace_id` has the gem's format: 16 lowercase hex characters.
-fn is_valid_trace_id(trace_id: &str) -> bool {
+/// Checks a trace id given to the builder. The gem accepts any string (`"trace-abc-123"`), so we
+/// do too, as long as it is safe wherever a peer may copy it (a log line, a message header):
+/// non-empty, at most [`Envelope::MAX_TRACE_ID_BYTES`], no control character (CR, LF, NUL, C1)
+/// and no whitespace other than inner spaces.
+fn check_trace_id(trace_id: &str) -> Result<(), EnvelopeError> {
+    let invalid = |reason: String| Err(EnvelopeError::invalid("trace_id", reason));
+    if trace_id.is_empty() {
+        return invalid("must not be empty".to_owned());
+    }
+    if trace_id.len() > Envelope::MAX_TRACE_ID_BYTES {
+        return invalid(format!(
+            "is {} bytes, at most {} allowed",
+            trace_id.len(),
+            Envelope::MAX_TRACE_ID_BYTES
+        ));
+    }
+    if let Some(ch) = trace_id
+        .chars()
+        .find(|&c| c.is_control() || (c.is_whitespace() && c != ' '))
+    {
+        return invalid(format!(
+            "must not contain control characters or line breaks (found {ch:?})"
+        ));
+    }
+    if trace_id.starts_with(' ') || trace_id.ends_with(' ') {
+        return invalid("must not start or end with a space".to_owned());
+    }
+    Ok(())
+}
+
+/// Whether `trace_id` has the form we generate: 16 lowercase hex characters.
+#[cfg(test)]
+fn is_generated_trace_id(trace_id: &str) -> bool {
     trace_id.len() == 16
         && trace_id
             .bytes()
@@ -484,7 +519,7 @@ impl EnvelopeBuilder {
 
     /// When the event happened, instead of now: a [`Timestamp`], a `time::OffsetDateTime`, a
     /// `std::time::SystemTime`, or a string in a form [`Timestamp::parse`] accepts (as the gem's
-    /// hash form allows, lesson L-R28). Normalized to UTC and truncated to whole seconds; checked
+    /// hash form allows). Normalized to UTC and truncated to whole seconds; checked
     /// in [`build`](Self::build).
     pub fn occurred_at<T>(mut self, occurred_at: T) -> Self
     where
@@ -495,8 +530,10 @@ impl EnvelopeBuilder {
         self
     }
 
-    /// Uses this trace id instead of a random one; must be 16 lowercase hex characters (the
-    /// gem's format), checked in [`build`](Self::build).
+    /// Uses this trace id instead of a random one. Any text the gem accepts works
+    /// (`"trace-abc-123"`, a UUID, 16 hex characters), as long as it is header-safe: non-empty,
+    /// at most [`Envelope::MAX_TRACE_ID_BYTES`] bytes, no control characters or line breaks, no
+    /// whitespace but inner spaces. Checked in [`build`](Self::build).
     pub fn trace_id(mut self, trace_id: impl Into<String>) -> Self {
         self.trace_id = Some(trace_id.into());
         self
@@ -508,8 +545,9 @@ impl EnvelopeBuilder {
     ///
     /// [`EnvelopeError::InvalidField`] naming the first problem found, in this order:
     /// `event_type` empty; `producer` not set or empty; `payload` not serializable to JSON, or not
-    /// a JSON object; `event_id` invalid (see [`EventId`]); `trace_id` not 16 lowercase hex
-    /// characters; `occurred_at` unparseable or outside years 0000–9999.
+    /// a JSON object; `event_id` invalid (see [`EventId`]); `trace_id` empty, too long or not
+    /// header-safe (see [`trace_id`](Self::trace_id)); `occurred_at` unparseable or outside
+    /// years 0000–9999.
     pub fn build(self) -> Result<Envelope, EnvelopeError> {
         if self.event_type.is_empty() {
             return Err(EnvelopeError::invalid("event_type", "must not be empty"));
@@ -543,12 +581,9 @@ impl EnvelopeBuilder {
             None => EventId::generate(),
         };
         let trace_id = match self.trace_id {
-            Some(trace_id) if is_valid_trace_id(&trace_id) => trace_id,
-            Some(_) => {
-                return Err(EnvelopeError::invalid(
-                    "trace_id",
-                    "must be 16 lowercase hex characters",
-                ))
+            Some(trace_id) => {
+                check_trace_id(&trace_id)?;
+                trace_id
             }
             None => format!("{:016x}", rand::random::<u64>()),
         };
@@ -600,7 +635,7 @@ mod tests {
         assert_eq!(envelope.producer, "accounts");
         assert_eq!(envelope.resource_id, "u-1");
         assert!(
-            is_valid_trace_id(&envelope.trace_id),
+            is_generated_trace_id(&envelope.trace_id),
             "{}",
             envelope.trace_id
         );
@@ -609,6 +644,53 @@ mod tests {
         assert_eq!(occurred_at.as_offset_date_time().nanosecond(), 0);
         assert!((Timestamp::now().unix_timestamp() - occurred_at.unix_timestamp()).abs() <= 2);
         assert!(occurred_at.to_string().ends_with('Z'));
+    }
+
+    /// The gem accepts any string as a trace id; so do we, as long as it is header-safe.
+    #[test]
+    fn gem_style_trace_ids_are_accepted() {
+        let longest = "t".repeat(Envelope::MAX_TRACE_ID_BYTES);
+        for trace_id in [
+            "trace-abc-123",
+            "0123456789ABCDEF",
+            "0123456789abcdef",
+            "4bf92f3577b34da6a3ce929d0e0e4736",
+            "3b241101-e2bb-4255-8caf-4136c566a962",
+            "req 42/orders:eu",
+            "日本-トレース",
+            "x",
+            longest.as_str(),
+        ] {
+            let envelope = minimal().trace_id(trace_id).build().unwrap();
+            assert_eq!(envelope.trace_id, trace_id);
+            let back = Envelope::from_slice(&envelope.to_vec()).unwrap();
+            assert_eq!(back.trace_id, trace_id);
+        }
+    }
+
+    #[test]
+    fn unsafe_trace_ids_are_rejected_with_the_reason() {
+        let too_long = "t".repeat(Envelope::MAX_TRACE_ID_BYTES + 1);
+        let multibyte = "é".repeat(Envelope::MAX_TRACE_ID_BYTES / 2 + 1);
+        for (trace_id, reason) in [
+            ("", "must not be empty"),
+            (too_long.as_str(), "is 129 bytes, at most 128 allowed"),
+            (multibyte.as_str(), "is 130 bytes, at most 128 allowed"),
+            ("abc\r\nx-evil: 1", "found '\\r'"),
+            ("abc\n", "found '\\n'"),
+            ("a\u{0}b", "found '\\0'"),
+            ("a\u{85}b", "found '\\u{85}'"),
+            ("a\u{9b}b", "found '\\u{9b}'"),
+            ("a\tb", "found '\\t'"),
+            ("a\u{2028}b", "found '\\u{2028}'"),
+            ("a\u{a0}b", "found '\\u{a0}'"),
+            (" abc", "must not start or end with a space"),
+            ("abc ", "must not start or end with a space"),
+        ] {
+            let err = minimal().trace_id(trace_id).build().unwrap_err();
+            assert_eq!(err.field(), Some("trace_id"), "{trace_id:?}");
+            assert!(err.to_string().contains(reason), "{trace_id:?}: {err}");
+        }
     }
 
     #[test]
@@ -721,10 +803,8 @@ mod tests {
             (Envelope::builder("a.b", ()).producer("p"), "payload"),
             (minimal().event_id(""), "event_id"),
             (minimal().event_id("bad\nid"), "event_id"),
-            (minimal().trace_id("0123456789ABCDEF"), "trace_id"),
-            (minimal().trace_id("0123456789abcde"), "trace_id"),
-            (minimal().trace_id("0123456789abcdefa"), "trace_id"),
-            (minimal().trace_id("g123456789abcdef"), "trace_id"),
+            (minimal().trace_id(""), "trace_id"),
+            (minimal().trace_id("trace\nabc"), "trace_id"),
             (minimal().occurred_at("yesterday"), "occurred_at"),
             (minimal().occurred_at("2025-11-23T10:00:00"), "occurred_at"),
         ];

@@ -164,6 +164,22 @@ pub enum ConfigProblem {
         /// What is wrong with it.
         reason: DurationError,
     },
+    /// `backoff` lists more delays than `max_deliver` allows. After failed delivery `n` the
+    /// bridge waits `backoff[n-1]` and the last delivery goes to the DLQ, so at most
+    /// `max_deliver - 1` delays apply; one per delivery (`max_deliver` of them) is accepted, as
+    /// the gem's defaults list.
+    #[error(
+        "`backoff` lists {delays} delays but `max_deliver` {max_deliver} lets at most {} apply \
+         (after failed delivery n the bridge waits backoff[n-1]; the last delivery goes to the \
+         DLQ): list at most {max_deliver}, or raise `max_deliver`",
+        max_deliver.saturating_sub(1)
+    )]
+    BackoffTooLong {
+        /// How many delays `backoff` lists.
+        delays: usize,
+        /// The configured `max_deliver`.
+        max_deliver: u32,
+    },
     /// A number is outside its allowed range.
     #[error("`{field}` is {value}, expected {expected}")]
     OutOfRange {
@@ -174,12 +190,16 @@ pub enum ConfigProblem {
         /// The allowed range, in words (e.g. `1..=5`, `at least 1`).
         expected: &'static str,
     },
-    /// An entry of `nats_urls` is invalid. The URL is shown with its credentials masked.
+    /// An entry of `nats_urls` is invalid. The entry is shown as it appears in the masked
+    /// list: everything from the list's first `scheme://` to its **last** `@` is hidden, even
+    /// across entries, because a comma inside a password cannot be told apart from a list
+    /// separator (`nats://u:pa,nats://ss@h`). So in `nats://h:0,nats://u:p@h2` the first entry
+    /// is shown as `nats://***`.
     #[error("invalid NATS URL `nats_urls[{index}]` {url}: {reason}")]
     InvalidNatsUrl {
-        /// Zero-based position in the comma-separated list (counting skipped empty entries).
+        /// Zero-based position among the list's entries.
         index: usize,
-        /// The entry with credentials masked.
+        /// The entry, already masked; [`Redacted::expose`] gives the masked text too.
         url: Redacted<String>,
         /// What is wrong with it.
         reason: NatsUrlError,
@@ -247,7 +267,7 @@ impl ConfigProblem {
             | Self::Reserved { field, .. }
             | Self::InvalidValue { field, .. }
             | Self::InvalidSecret { field, .. } => Some(field),
-            Self::InvalidBackoff { .. } => Some("backoff"),
+            Self::InvalidBackoff { .. } | Self::BackoffTooLong { .. } => Some("backoff"),
             Self::InvalidNatsUrl { .. } => Some("nats_urls"),
             Self::EnvVar { .. } => None,
         }
@@ -269,8 +289,8 @@ pub enum SubjectTokenError {
         /// Its length in characters.
         chars: usize,
     },
-    /// The value contains a forbidden character: `.`, `*`, `>`, whitespace, a C0 control
-    /// character or DEL (and, in stream and consumer names, `/` or `\`).
+    /// The value contains a forbidden character: `.`, `*`, `>`, whitespace or a control
+    /// character (C0, DEL, C1) (and, in stream and consumer names, `/` or `\`).
     #[error("contains {ch:?} at character {position}; `.`, `*`, `>`, whitespace and control characters are not allowed")]
     ForbiddenChar {
         /// The character.
@@ -293,7 +313,7 @@ pub enum SubjectError {
         /// Zero-based token index.
         index: usize,
     },
-    /// The subject contains whitespace, a C0 control character or DEL.
+    /// The subject contains whitespace or a control character (C0, DEL, C1).
     #[error("contains {ch:?} at character {position}; whitespace and control characters are not allowed")]
     ForbiddenChar {
         /// The character.
@@ -362,7 +382,8 @@ pub enum DurationError {
     Zero,
 }
 
-/// Why an entry of a NATS URL list is invalid. Never contains any part of the URL itself.
+/// Why an entry of a NATS URL list is invalid. Never contains any part of the URL itself, except
+/// the scheme of [`UnsupportedScheme`](Self::UnsupportedScheme).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum NatsUrlError {
@@ -387,6 +408,22 @@ pub enum NatsUrlError {
     /// The URL contains whitespace or a control character.
     #[error("contains whitespace or a control character")]
     InvalidCharacter,
+    /// A `/`, `?` or `#` comes before the URL's last `@`: credentials holding those characters
+    /// raw (or an `@` in a path, query or fragment). The credentials would end early and part of
+    /// them would become the host.
+    #[error(
+        "a `/`, `?` or `#` comes before the last `@`: percent-encode the user name and password \
+         (`/` as %2F, `?` as %3F, `#` as %23)"
+    )]
+    UnencodedCredentials,
+    /// The URL contains a comma. Commas separate the URLs of a list, so a list entry that does
+    /// not start with a scheme (`nats://a:4222,b:4222`), or credentials holding a raw comma
+    /// (`nats://user:pa,ss@host`), cannot be read safely.
+    #[error(
+        "contains a comma: give every server its own scheme (`nats://a:4222,nats://b:4222`) \
+         and percent-encode a comma in a user name or password as %2C"
+    )]
+    UnexpectedComma,
     /// The URL does not parse for another reason.
     #[error("malformed URL: {reason}")]
     Malformed {

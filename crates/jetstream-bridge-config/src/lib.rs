@@ -9,9 +9,11 @@ mod envelope;
 mod error;
 mod preset;
 mod redact;
+mod shutdown;
 mod subject;
 mod trace;
 mod url;
+mod warning;
 
 pub use builder::{ConfigBuilder, DurationInput};
 pub use config::{Config, ConsumerMode, DEFAULT_NATS_URL};
@@ -28,12 +30,14 @@ pub use error::{
 };
 pub use preset::Preset;
 pub use redact::{redact_url, Redacted, Secret};
+pub use shutdown::Shutdown;
 pub use subject::{
     subject_matches, subjects_overlap, validate_literal_subject, validate_subject, NatsName,
     Subject, SubjectLayout, SubjectToken, Subjects, SubjectsBuilder, MAX_TOKEN_CHARS,
 };
 pub use trace::{TraceParent, TraceParentError};
 pub use url::{NatsUrl, NatsUrls};
+pub use warning::ConfigWarning;
 
 /// `Result` with [`ConfigError`] as the default error type.
 pub type Result<T, E = ConfigError> = std::result::Result<T, E>;

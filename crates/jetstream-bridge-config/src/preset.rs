@@ -1,4 +1,4 @@
-//! Configuration presets, exactly as the gem's `ConfigPreset` (upstream-gem.md §1.14).
+//! Configuration presets, exactly as the gem's `ConfigPreset`.
 //!
 //! The table is documented on [`Preset`].
 

@@ -4,6 +4,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::ops::Range;
 
 use serde::{Serialize, Serializer};
 
@@ -12,7 +13,7 @@ const MASK: &str = "***";
 /// Masks the credentials of a URL or DSN for display. Never fails and never panics, whatever
 /// the input.
 ///
-/// Rules (the seed's examples, SPEC §8):
+/// Rules:
 ///
 /// | input | shown as |
 /// |---|---|
@@ -21,13 +22,16 @@ const MASK: &str = "***";
 /// | `nats://host:4222/path?token=x#frag` | `nats://host:4222/path` (query and fragment dropped) |
 /// | `postgres://u:p@db/app?sslmode=require` | `postgres://u:***@db/app` |
 /// | `u:p@host` (no scheme) | `***@host` |
+/// | `nats://tok@h1,nats://u:p@h2` (a list) | `nats://***@h2` |
 /// | `host=db password=x` (key/value DSN) | `***` |
 /// | `localhost:4222` | unchanged |
 ///
 /// The masking is textual, so it works on input that no URL parser accepts: everything between
-/// `://` and the **last** `@` is credentials. A password containing raw `@`, `/`, `?` or `#`
-/// therefore stays hidden. The price is that an `@` in a path or query (`…?mail=a@b`) masks more
-/// than needed, which is the safe direction.
+/// `://` and the **last** `@` is credentials. A password containing raw `@`, `/`, `?`, `#` or `,`
+/// therefore stays hidden, and so does every credential of a comma-separated list of URLs. The
+/// user name is shown only when it is plainly one (no `@`, `/`, `?`, `#`, `,` or whitespace).
+/// The price is that an `@` in a path or query (`…?mail=a@b`) masks more than needed, which is
+/// the safe direction.
 ///
 /// ```
 /// use jetstream_bridge_config::redact_url;
@@ -71,11 +75,78 @@ pub fn redact_url(input: &str) -> Cow<'_, str> {
     }
 }
 
+/// The masked form of `list[entry]`, one entry of a comma-separated URL list, shown as it
+/// appears in the masked list: everything from the list's leading `scheme://` to the list's
+/// **last** `@` counts as credentials, whichever entries it spans.
+///
+/// Masking an entry on its own is not enough: in `nats://u:pa,nats://ss@h` the first entry,
+/// `nats://u:pa`, has no `@` and would be shown as it is, although its tail may be the start of
+/// a password that contains a comma. Masked in its list, it is `nats://***`.
+///
+/// | entry | shown as |
+/// |---|---|
+/// | after the list's last `@` | [`redact_url`] of the entry alone |
+/// | holds the leading scheme and the last `@` | [`redact_url`] of the entry alone (`nats://u:***@h`) |
+/// | holds the leading scheme, not the last `@` | the scheme and `***` (`nats://***`) |
+/// | starts after the scheme, holds the last `@` | `***@` and what follows the `@` (`***@h:0`) |
+/// | starts after the scheme, ends before the last `@` | `***` |
+pub(crate) fn redact_list_entry(list: &str, entry: Range<usize>) -> String {
+    let text = &list[entry.clone()];
+    let region_start = credentials_start(list);
+    match list.rfind('@') {
+        Some(at) if at >= entry.start && at >= region_start => {
+            let holds_last_at = at < entry.end;
+            if (entry.start..=entry.end).contains(&region_start) {
+                if holds_last_at {
+                    redact_url(text).into_owned()
+                } else {
+                    format!("{}{MASK}", &list[entry.start..region_start])
+                }
+            } else if holds_last_at {
+                format!("{MASK}@{}", cut_query(&list[at + 1..entry.end]))
+            } else {
+                MASK.to_owned()
+            }
+        }
+        _ => redact_url(text).into_owned(),
+    }
+}
+
+/// Where the credentials of `list` may start: after its leading `scheme://` (leading
+/// whitespace and commas skipped), else at its first other character.
+fn credentials_start(list: &str) -> usize {
+    let lead = list.len()
+        - list
+            .trim_start_matches(|c: char| c == ',' || c.is_whitespace())
+            .len();
+    let rest = &list[lead..];
+    match scheme_len(rest) {
+        Some(len) => lead + len + 3,
+        None => lead,
+    }
+}
+
+/// The length of the `scheme` when `s` starts with `scheme://`.
+pub(crate) fn scheme_len(s: &str) -> Option<usize> {
+    let len = s
+        .find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.')))
+        .unwrap_or(s.len());
+    (is_scheme(&s[..len]) && s[len..].starts_with("://")).then_some(len)
+}
+
 /// `user:pass` → `user:***@`; `token` → `***@`.
+///
+/// The user name is shown only when it is plainly one: without `@`, `/`, `?`, `#`, `,` or
+/// whitespace. Otherwise the text before the first `:` may hold another URL's token or part of a
+/// password (`nats://tok@h,nats://u:p@h2` has the "user" `tok@h,nats`), and all is masked.
 fn mask_userinfo(userinfo: &str) -> String {
-    match userinfo.find(':') {
-        Some(colon) => format!("{}:{MASK}@", &userinfo[..colon]),
-        None => format!("{MASK}@"),
+    match userinfo.split_once(':') {
+        Some((user, _))
+            if !user.contains(['@', '/', '?', '#', ',']) && !user.contains(char::is_whitespace) =>
+        {
+            format!("{user}:{MASK}@")
+        }
+        _ => format!("{MASK}@"),
     }
 }
 
@@ -240,6 +311,17 @@ mod tests {
     }
 
     #[test]
+    fn a_list_hides_every_credential_up_to_its_last_at_sign() {
+        assert_eq!(redact_url("nats://tok@h1,nats://u:p@h2"), "nats://***@h2");
+        assert_eq!(
+            redact_url("nats://admin:s3cr3t,Pass@h"),
+            "nats://admin:***@h"
+        );
+        assert_eq!(redact_url("nats://a@b:pw@h"), "nats://***@h");
+        assert_eq!(redact_url("nats://a/b:pw@h"), "nats://***@h");
+    }
+
+    #[test]
     fn empty_password_and_empty_user() {
         assert_eq!(redact_url("nats://user:@h"), "nats://user:***@h");
         assert_eq!(redact_url("nats://:pw@h"), "nats://:***@h");
@@ -298,10 +380,46 @@ mod tests {
         assert_eq!(s.expose_secret(), "SUAABC");
     }
 
+    fn entry_shown(list: &str, entry: &str) -> String {
+        let start = list.find(entry).unwrap();
+        redact_list_entry(list, start..start + entry.len())
+    }
+
+    #[test]
+    fn list_entry_is_masked_as_part_of_the_whole_list() {
+        let list = "nats://h:0,http://u:pw@x,nats://v:pw@h2:0,nats://h3:0?t=1";
+        assert_eq!(entry_shown(list, "nats://h:0"), "nats://***");
+        assert_eq!(entry_shown(list, "http://u:pw@x"), "***");
+        assert_eq!(entry_shown(list, "nats://v:pw@h2:0"), "***@h2:0");
+        assert_eq!(entry_shown(list, "nats://h3:0?t=1"), "nats://h3:0");
+        // One entry holding the scheme and the last `@`: the entry alone.
+        assert_eq!(
+            entry_shown("nats://u:pw@h:0,nats://h2", "nats://u:pw@h:0"),
+            "nats://u:***@h:0"
+        );
+        // No credentials anywhere: unchanged (query dropped).
+        assert_eq!(entry_shown("nats://a,nats://b?x", "nats://b?x"), "nats://b");
+        // A first entry without a scheme hides everything up to the last `@`.
+        assert_eq!(entry_shown(" u:pw,nats://x@h", "u:pw"), "***");
+        assert_eq!(entry_shown(" u:pw,nats://x@h", "nats://x@h"), "***@h");
+        assert_eq!(entry_shown("u:pw@h,nats://x", "u:pw@h"), "***@h");
+    }
+
+    #[test]
+    fn scheme_len_needs_a_scheme_and_the_slashes() {
+        assert_eq!(scheme_len("nats://h"), Some(4));
+        assert_eq!(scheme_len("nats+tls://h"), Some(8));
+        assert_eq!(scheme_len("nats:/h"), None);
+        assert_eq!(scheme_len("1nats://h"), None);
+        assert_eq!(scheme_len("u:p@nats://h"), None);
+        assert_eq!(scheme_len("://h"), None);
+        assert_eq!(scheme_len(""), None);
+    }
+
     proptest! {
         /// Whatever the user and password, the password never shows and the shape is kept.
         #[test]
-        fn password_never_leaks(user in "[^:]{0,12}", pass in "\\PC{0,24}") {
+        fn password_never_leaks(user in "[^:@/?#,\\s]{0,12}", pass in "\\PC{0,24}") {
             let input = format!("nats://{user}:{pass}@example.com:4222");
             let out = redact_url(&input);
             prop_assert_eq!(out.as_ref(), format!("nats://{user}:***@example.com:4222"));
@@ -324,6 +442,25 @@ mod tests {
         #[test]
         fn never_panics(input in "\\PC*") {
             let _ = redact_url(&input);
+        }
+
+        /// A password in the list, even one cut by a comma, never shows in any entry's masked
+        /// form, wherever the entry starts and ends.
+        #[test]
+        fn list_entry_never_shows_a_password(
+            before in "[a-z:/,]{0,12}",
+            pass in "[A-Z]{1,4}([,/:@][A-Z]{1,4}){0,3}",
+            after in "[a-z:/?#,@]{0,12}",
+            cut in any::<prop::sample::Index>(),
+            len in any::<prop::sample::Index>(),
+        ) {
+            let list = format!("nats://{before}u:{pass}@h{after}");
+            let start = cut.index(list.len());
+            let end = start + len.index(list.len() - start + 1);
+            let shown = redact_list_entry(&list, start..end);
+            for word in pass.split([',', '/', ':', '@']) {
+                prop_assert!(!shown.contains(word), "{list} [{start}..{end}] -> {shown}");
+            }
         }
 
         /// A token (userinfo without `:`) never appears.

@@ -1,4 +1,4 @@
-//! Subjects and names (SPEC §1): validated components, the two layouts, and NATS wildcard
+//! Subjects and names: validated components, the two layouts, and NATS wildcard
 //! matching. The layouts are documented on [`Subjects`], the validation rules on
 //! [`SubjectToken`].
 
@@ -14,12 +14,13 @@ use crate::error::{
 /// The most characters a [`SubjectToken`] or [`NatsName`] may have.
 pub const MAX_TOKEN_CHARS: usize = 255;
 
-fn is_c0_or_del(c: char) -> bool {
-    c <= '\u{1f}' || c == '\u{7f}'
+/// Whitespace or a control character (C0, DEL and C1: every [`char::is_control`]).
+fn is_space_or_control(c: char) -> bool {
+    c.is_whitespace() || c.is_control()
 }
 
 fn is_forbidden_token_char(c: char) -> bool {
-    matches!(c, '.' | '*' | '>') || c.is_whitespace() || is_c0_or_del(c)
+    matches!(c, '.' | '*' | '>') || is_space_or_control(c)
 }
 
 fn is_forbidden_name_char(c: char) -> bool {
@@ -66,7 +67,7 @@ pub fn validate_subject(subject: &str) -> Result<(), SubjectError> {
     if let Some((position, ch)) = subject
         .chars()
         .enumerate()
-        .find(|&(_, c)| c.is_whitespace() || is_c0_or_del(c))
+        .find(|&(_, c)| is_space_or_control(c))
     {
         return Err(SubjectError::ForbiddenChar { ch, position });
     }
@@ -114,7 +115,7 @@ pub fn validate_literal_subject(subject: &str) -> Result<(), SubjectError> {
 /// exactly one token, `>` (last token only) one or more.
 ///
 /// [`subject_matches`] and [`subjects_overlap`] follow NATS: `*` matches exactly one token, `>`
-/// one or more tokens, so `a.>` does **not** match `a` (the gem got this wrong, lesson L-R18).
+/// one or more tokens, so `a.>` does **not** match `a` (the gem got this wrong).
 ///
 /// Returns `false` when `pattern` is not a valid subject or `subject` is not a valid literal one.
 ///
@@ -273,9 +274,10 @@ validated_string!(
     ///
     /// - [`SubjectToken`] (env, app name, destination app, push group): non-empty, at most
     ///   [`MAX_TOKEN_CHARS`] characters (Unicode scalar values, not bytes), and none of `.`, `*`, `>`,
-    ///   any Unicode whitespace, C0 control characters (`U+0000..=U+001F`) or DEL (`U+007F`). The
+    ///   any Unicode whitespace or control characters (C0 `U+0000..=U+001F`, DEL `U+007F`, C1
+    ///   `U+0080..=U+009F`). The
     ///   value is validated exactly as it will be used: nothing is trimmed, so `" api"` is rejected
-    ///   (the gem validated the trimmed value and used the raw one, lesson L-R29).
+    ///   (the gem validated the trimmed value and used the raw one).
     /// - [`NatsName`] (stream and durable consumer names): the token rules plus no `/` or `\` (the
     ///   server stores streams and consumers as directories).
     /// - Subjects ([`validate_subject`]): non-empty tokens separated by `.`, no whitespace or control
@@ -348,12 +350,12 @@ impl From<NatsName> for SubjectToken {
     }
 }
 
-/// Which subject layout a service uses (SPEC §1). Both must interoperate with Ruby peers.
+/// Which subject layout a service uses. Both must interoperate with Ruby peers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 #[non_exhaustive]
 pub enum SubjectLayout {
-    /// `{env}.{app}.sync.{dest}` (the seed's default, gem 4.0–4.4). Requires an env.
+    /// `{env}.{app}.sync.{dest}` (the default, as in gem 4.0–4.4). Requires an env.
     #[default]
     EnvPrefixed,
     /// `{app}.sync.{dest}` (gem ≥ 4.5). The env, if given, is not used in subjects or names.
@@ -568,6 +570,24 @@ pub struct SubjectsBuilder {
 }
 
 impl SubjectsBuilder {
+    /// Replaces the environment name given to [`Subjects::builder`].
+    pub fn env(mut self, env: impl Into<String>) -> Self {
+        self.env = env.into();
+        self
+    }
+
+    /// Replaces this service's name given to [`Subjects::builder`].
+    pub fn app_name(mut self, app_name: impl Into<String>) -> Self {
+        self.app_name = app_name.into();
+        self
+    }
+
+    /// Replaces the peer service's name given to [`Subjects::builder`].
+    pub fn destination_app(mut self, destination_app: impl Into<String>) -> Self {
+        self.destination_app = destination_app.into();
+        self
+    }
+
     /// Chooses the layout (default [`SubjectLayout::EnvPrefixed`]).
     pub fn layout(mut self, layout: SubjectLayout) -> Self {
         self.layout = layout;
@@ -596,6 +616,18 @@ impl SubjectsBuilder {
     pub fn push_consumer_group(mut self, group: impl Into<String>) -> Self {
         self.push_group = Some(group.into());
         self
+    }
+
+    pub(crate) fn set_env(&mut self, v: String) {
+        self.env = v;
+    }
+
+    pub(crate) fn set_app_name(&mut self, v: String) {
+        self.app_name = v;
+    }
+
+    pub(crate) fn set_destination_app(&mut self, v: String) {
+        self.destination_app = v;
     }
 
     pub(crate) fn set_layout(&mut self, layout: SubjectLayout) {
@@ -867,6 +899,7 @@ mod tests {
             Just('>'),
             Just('\u{7f}'),
             (0u32..=0x1f).prop_map(|c| char::from_u32(c).unwrap()),
+            (0x80u32..=0x9f).prop_map(|c| char::from_u32(c).unwrap()),
             prop::sample::select(vec![
                 ' ', '\t', '\n', '\r', '\u{0b}', '\u{0c}', '\u{85}', '\u{a0}', '\u{1680}',
                 '\u{2000}', '\u{2009}', '\u{2028}', '\u{2029}', '\u{202f}', '\u{205f}', '\u{3000}'
@@ -910,6 +943,9 @@ mod tests {
             ("a\u{0}b", '\u{0}', 1),
             ("a\u{1b}", '\u{1b}', 1),
             ("a\u{7f}", '\u{7f}', 1),
+            ("a\u{80}", '\u{80}', 1),
+            ("a\u{85}b", '\u{85}', 1),
+            ("ab\u{9f}", '\u{9f}', 2),
             ("a\u{a0}b", '\u{a0}', 1),
             ("é\u{3000}", '\u{3000}', 1),
         ] {
@@ -1008,6 +1044,13 @@ mod tests {
             Err(SubjectError::ForbiddenChar {
                 ch: '\u{7f}',
                 position: 1
+            })
+        );
+        assert_eq!(
+            validate_subject("a.\u{9b}b"),
+            Err(SubjectError::ForbiddenChar {
+                ch: '\u{9b}',
+                position: 2
             })
         );
         assert_eq!(

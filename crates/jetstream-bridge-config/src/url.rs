@@ -5,13 +5,21 @@
 //! (`ws`, `wss`) are not accepted: the gem never supported them. A host is required; the port
 //! defaults to 4222 and must be in 1..=65535. Credentials may be given as `user:pass@` or `token@`
 //! and are never shown: errors carry the [`Redacted`] form.
+//!
+//! Credentials end at the URL's **last** `@`, and the host is what follows it. A `/`, `?` or `#`
+//! before that `@` is refused ([`NatsUrlError::UnencodedCredentials`]): it would end the
+//! credentials early, turn part of them into the host, and show that part wherever the URL is
+//! shown. Such characters must be percent-encoded (`/` as `%2F`, `?` as `%3F`, `#` as `%23`);
+//! the connecting code decodes them. So must a comma (`%2C`), which separates the URLs of a list
+//! ([`NatsUrlError::UnexpectedComma`]). Raw `@` and `:` in a password work as they are.
 
 use std::fmt;
+use std::ops::Range;
 
 use serde::{Serialize, Serializer};
 
 use crate::error::{ConfigError, ConfigProblem, NatsUrlError};
-use crate::redact::{redact_url, Redacted};
+use crate::redact::{redact_list_entry, redact_url, scheme_len, Redacted};
 
 /// The default port of a NATS server.
 const DEFAULT_PORT: u16 = 4222;
@@ -45,8 +53,10 @@ impl NatsUrl {
     /// # Errors
     ///
     /// [`NatsUrlError`] when the input is empty, contains whitespace or control characters, has
-    /// no `scheme://`, an unsupported scheme, no host, a port outside 1..=65535, or does not parse.
-    /// The error never contains any part of the input.
+    /// no `scheme://`, a comma, an unsupported scheme, credentials with a raw `/`, `?` or `#` (or
+    /// an `@` in a path, query or fragment), no host, a port outside
+    /// 1..=65535, or does not parse. The error never contains the credentials (only an
+    /// unsupported scheme is named).
     pub fn parse(input: &str) -> Result<Self, NatsUrlError> {
         if input.is_empty() {
             return Err(NatsUrlError::Empty);
@@ -55,8 +65,20 @@ impl NatsUrl {
         if input.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err(NatsUrlError::InvalidCharacter);
         }
-        if !input.contains("://") {
+        let Some(scheme_len) = scheme_len(input) else {
             return Err(NatsUrlError::MissingScheme);
+        };
+        if input.contains(',') {
+            return Err(NatsUrlError::UnexpectedComma);
+        }
+        // Everything up to the last `@` is credentials, so the host is what follows it. The
+        // url crate ends the credentials at the first `/`, `?` or `#` instead: refuse those.
+        let rest = &input[scheme_len + 3..];
+        if rest
+            .rfind('@')
+            .is_some_and(|at| rest[..at].contains(['/', '?', '#']))
+        {
+            return Err(NatsUrlError::UnencodedCredentials);
         }
         let mut url = ::url::Url::parse(input).map_err(|e| match e {
             ::url::ParseError::EmptyHost => NatsUrlError::MissingHost,
@@ -154,8 +176,12 @@ impl Serialize for NatsUrl {
 
 /// A non-empty list of NATS server URLs, parsed from the comma-separated `nats_urls` option.
 ///
-/// Entries are trimmed around the commas and empty entries are skipped (as the gem does), but a
-/// list with no entry at all is an error. `Display` joins the masked URLs with `,`.
+/// Entries are trimmed and surplus commas skipped (`nats://a, ,nats://b,`), but a list with no
+/// entry at all is an error. A comma separates two URLs only when the next one starts with a
+/// scheme: text after a comma that does not (`nats://a,b:4222`, or the rest of a password
+/// holding a raw comma) stays with the URL before it, which is then refused with
+/// [`NatsUrlError::UnexpectedComma`](crate::NatsUrlError::UnexpectedComma), masked.
+/// `Display` joins the masked URLs with `,`.
 ///
 /// ```
 /// use jetstream_bridge_config::NatsUrls;
@@ -164,6 +190,12 @@ impl Serialize for NatsUrl {
 /// assert_eq!(urls.len(), 2);
 /// assert_eq!(urls.to_string(), "nats://n1:4222,nats://u:***@n2:4222");
 /// assert_eq!(urls.expose_urls(), ["nats://n1:4222", "nats://u:p@n2:4222"]);
+///
+/// let err = NatsUrls::parse("nats://admin:s3cr3t,Pass@nats.example.com").unwrap_err();
+/// assert!(err.to_string().contains("nats://admin:***@nats.example.com"));
+/// assert!(!err.to_string().contains("s3cr3t"));
+/// let encoded = NatsUrls::parse("nats://admin:s3cr3t%2CPass@nats.example.com")?;
+/// assert_eq!(encoded.to_string(), "nats://admin:***@nats.example.com:4222");
 /// # Ok::<(), jetstream_bridge_config::ConfigError>(())
 /// ```
 #[derive(Clone, PartialEq, Eq)]
@@ -174,8 +206,9 @@ impl NatsUrls {
     ///
     /// # Errors
     ///
-    /// A [`ConfigError`] with one [`ConfigProblem::InvalidNatsUrl`] per bad entry (credentials
-    /// masked), or [`ConfigProblem::Missing`] when the list has no entry.
+    /// A [`ConfigError`] with one [`ConfigProblem::InvalidNatsUrl`] per bad entry (masked as
+    /// part of the whole list: see [`ConfigProblem::InvalidNatsUrl`]), or
+    /// [`ConfigProblem::Missing`] when the list has no entry.
     pub fn parse(list: &str) -> Result<Self, ConfigError> {
         let mut problems = Vec::new();
         let urls = parse_into(list, &mut problems);
@@ -217,31 +250,78 @@ impl NatsUrls {
 
 /// Parses `list`, pushing one problem per bad entry; `None` when nothing valid remains.
 pub(crate) fn parse_into(list: &str, problems: &mut Vec<ConfigProblem>) -> Option<NatsUrls> {
-    let mut urls = Vec::new();
-    let mut seen_entry = false;
-    let before = problems.len();
-    for (index, entry) in list.split(',').enumerate() {
-        let entry = entry.trim();
-        if entry.is_empty() {
-            continue;
-        }
-        seen_entry = true;
-        match NatsUrl::parse(entry) {
-            Ok(url) => urls.push(url),
-            Err(reason) => problems.push(ConfigProblem::InvalidNatsUrl {
-                index,
-                url: Redacted::new(entry.to_owned()),
-                reason,
-            }),
-        }
-    }
-    if !seen_entry {
+    let entries = split_list(list);
+    if entries.is_empty() {
         problems.push(ConfigProblem::Missing {
             field: "nats_urls",
             reason: "at least one NATS server URL is required",
         });
+        return None;
     }
-    (problems.len() == before && !urls.is_empty()).then_some(NatsUrls(urls))
+    let mut urls = Vec::with_capacity(entries.len());
+    let mut bad = false;
+    for (index, range) in entries.into_iter().enumerate() {
+        match NatsUrl::parse(&list[range.clone()]) {
+            Ok(url) => urls.push(url),
+            Err(reason) => {
+                bad = true;
+                let shown = redact_list_entry(list, range);
+                problems.push(ConfigProblem::InvalidNatsUrl {
+                    index,
+                    reason: mask_reason(&shown, reason),
+                    url: Redacted::new(shown),
+                });
+            }
+        }
+    }
+    (!bad).then_some(NatsUrls(urls))
+}
+
+/// The byte ranges of the entries of a comma-separated URL list, trimmed of whitespace and
+/// surplus commas; empty entries are dropped.
+///
+/// A comma separates entries only when what follows it (after whitespace) is `scheme://` or
+/// nothing but commas and whitespace, so a comma inside credentials (`nats://u:pa,ss@h`) never
+/// cuts a URL in two: the entry keeps it and is refused whole.
+fn split_list(list: &str) -> Vec<Range<usize>> {
+    let is_filler = |c: char| c == ',' || c.is_whitespace();
+    let tail = list.trim_end_matches(is_filler).len();
+    let mut entries = Vec::new();
+    let mut push = |range: Range<usize>| {
+        let text = &list[range.clone()];
+        let start = range.start + (text.len() - text.trim_start_matches(is_filler).len());
+        let end = range.start + text.trim_end_matches(is_filler).len();
+        if start < end {
+            entries.push(start..end);
+        }
+    };
+    let mut start = 0;
+    for (comma, _) in list.match_indices(',') {
+        if comma >= tail || scheme_len(list[comma + 1..].trim_start()).is_some() {
+            push(start..comma);
+            start = comma + 1;
+        }
+    }
+    push(start..list.len());
+    entries
+}
+
+/// `reason` as shown next to an entry shown as `shown`: an unsupported scheme is named only
+/// when `shown` shows it too (an entry inside an earlier URL's possible credentials is masked
+/// whole, and its "scheme" may be part of a password).
+fn mask_reason(shown: &str, reason: NatsUrlError) -> NatsUrlError {
+    match reason {
+        NatsUrlError::UnsupportedScheme { scheme }
+            if !shown
+                .to_ascii_lowercase()
+                .starts_with(&format!("{scheme}://")) =>
+        {
+            NatsUrlError::UnsupportedScheme {
+                scheme: "***".to_owned(),
+            }
+        }
+        other => other,
+    }
 }
 
 impl<'a> IntoIterator for &'a NatsUrls {
@@ -392,26 +472,157 @@ mod tests {
 
     #[test]
     fn list_reports_every_bad_entry_with_index_and_masked_url() {
-        let e = NatsUrls::parse("nats://ok,http://u:secret@x,nats://u:secret@h:0").unwrap_err();
+        let e = NatsUrls::parse("nats://u:secret@x:0,http://h,nats://ok").unwrap_err();
         assert_eq!(e.problems().len(), 2);
         match &e.problems()[0] {
             ConfigProblem::InvalidNatsUrl { index, url, reason } => {
-                assert_eq!(*index, 1);
-                assert_eq!(url.to_string(), "http://u:***@x");
-                assert!(matches!(reason, NatsUrlError::UnsupportedScheme { .. }));
+                assert_eq!(*index, 0);
+                assert_eq!(url.to_string(), "nats://u:***@x:0");
+                assert_eq!(*reason, NatsUrlError::InvalidPort);
             }
             other => panic!("unexpected {other:?}"),
         }
         assert!(matches!(
-            e.problems()[1],
+            &e.problems()[1],
             ConfigProblem::InvalidNatsUrl {
-                index: 2,
-                reason: NatsUrlError::InvalidPort,
-                ..
-            }
+                index: 1,
+                reason: NatsUrlError::UnsupportedScheme { scheme },
+                url,
+            } if scheme == "http" && url.expose() == "http://h"
         ));
         assert!(!e.to_string().contains("secret"), "{e}");
         assert!(!format!("{e:?}").contains("secret"), "{e:?}");
+    }
+
+    /// An entry before the list's last `@` may be the start of a password holding a comma: it
+    /// is masked whole, scheme of a later entry included.
+    #[test]
+    fn entries_before_the_last_at_sign_are_masked_whole() {
+        let list = "nats://h:0,http://u:secret@x,nats://u:secret@h:0";
+        let e = NatsUrls::parse(list).unwrap_err();
+        let shown: Vec<_> = e
+            .problems()
+            .iter()
+            .map(|p| match p {
+                ConfigProblem::InvalidNatsUrl { index, url, reason } => {
+                    (*index, url.expose().clone(), reason.clone())
+                }
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                (0, "nats://***".to_owned(), NatsUrlError::InvalidPort),
+                (
+                    1,
+                    "***".to_owned(),
+                    NatsUrlError::UnsupportedScheme {
+                        scheme: "***".into()
+                    }
+                ),
+                (2, "***@h:0".to_owned(), NatsUrlError::InvalidPort),
+            ]
+        );
+        // The password `s3cr3t,nats://x` split where the comma is.
+        let e = NatsUrls::parse("nats://admin:s3cr3t,nats://x@h").unwrap_err();
+        let text = format!("{e} {e:?}");
+        assert!(
+            !text.contains("s3cr3t") && !text.contains("admin"),
+            "{text}"
+        );
+    }
+
+    /// Found by fuzzing: each of these showed part of the credentials, or connected elsewhere.
+    #[test]
+    fn credentials_with_raw_separators_are_refused_and_never_shown() {
+        for (input, reason, shown) in [
+            (
+                "nats://admin:s3cr3t,Pass@nats.example.com:4222",
+                NatsUrlError::UnexpectedComma,
+                "nats://admin:***@nats.example.com:4222",
+            ),
+            (
+                "nats://Zm9vYmFy/YmF6+cXV4=@nats.example.com",
+                NatsUrlError::UnencodedCredentials,
+                "nats://***@nats.example.com",
+            ),
+            (
+                "nats://admin:1234?s3cr3t@nats.example.com",
+                NatsUrlError::UnencodedCredentials,
+                "nats://admin:***@nats.example.com",
+            ),
+            (
+                "nats://admin:12#s3cr3t@nats.example.com",
+                NatsUrlError::UnencodedCredentials,
+                "nats://admin:***@nats.example.com",
+            ),
+            (
+                "nats://nats.example.com/x?mail=a@b",
+                NatsUrlError::UnencodedCredentials,
+                "nats://***@b",
+            ),
+            (
+                "nats://h1:4222,u:s3cr3t@h2",
+                NatsUrlError::UnexpectedComma,
+                "nats://h1:***@h2",
+            ),
+        ] {
+            assert_eq!(err(input), reason, "{input}");
+            let e = NatsUrls::parse(input).unwrap_err();
+            assert_eq!(
+                e.problems(),
+                [ConfigProblem::InvalidNatsUrl {
+                    index: 0,
+                    url: Redacted::new(shown.to_owned()),
+                    reason
+                }],
+                "{input}"
+            );
+            for text in [e.to_string(), format!("{e:?}")] {
+                for secret in ["s3cr3t", "Pass", "Zm9v", "YmF6", "1234"] {
+                    assert!(!text.contains(secret), "{input}: {text}");
+                }
+            }
+        }
+        assert!(err("nats://u:p@h,").to_string().contains("%2C"));
+        assert!(err("nats://a/b@h").to_string().contains("%2F"));
+    }
+
+    #[test]
+    fn percent_encoded_credentials_and_raw_at_and_colon_work() {
+        let u = NatsUrl::parse("nats://Zm9vYmFy%2FYmF6+cXV4=@nats.example.com").unwrap();
+        assert_eq!(u.host(), "nats.example.com");
+        assert_eq!(u.to_string(), "nats://***@nats.example.com:4222");
+        let u = NatsUrl::parse("nats://admin:s3cr3t%2CPass@h").unwrap();
+        assert_eq!(u.expose_url(), "nats://admin:s3cr3t%2CPass@h:4222");
+        // Raw `@` and `:` in a password: the url crate encodes them; the host follows the last `@`.
+        let u = NatsUrl::parse("nats://admin:p@ss:w0rd@h:1").unwrap();
+        assert_eq!((u.host(), u.port()), ("h", 1));
+        assert_eq!(u.expose_url(), "nats://admin:p%40ss%3Aw0rd@h:1");
+        assert_eq!(u.to_string(), "nats://admin:***@h:1");
+    }
+
+    #[test]
+    fn split_list_cuts_only_before_a_scheme() {
+        let entries = |list: &str| -> Vec<String> {
+            split_list(list)
+                .into_iter()
+                .map(|r| list[r].to_owned())
+                .collect()
+        };
+        assert_eq!(
+            entries(" nats://a , ,tls://b:1,,"),
+            ["nats://a", "tls://b:1"]
+        );
+        assert_eq!(entries("nats://u:p,q@h"), ["nats://u:p,q@h"]);
+        assert_eq!(entries("nats://a,b:1, c"), ["nats://a,b:1, c"]);
+        assert_eq!(
+            entries(",nats://a,  Nats+TLS://b"),
+            ["nats://a", "Nats+TLS://b"]
+        );
+        assert_eq!(entries("h:1,nats://b"), ["h:1", "nats://b"]);
+        assert!(entries(" , ,").is_empty());
     }
 
     #[test]
@@ -460,6 +671,18 @@ mod tests {
                 prop_assert!(!e.to_string().contains(&pass));
                 let debug = format!("{e:?}");
                 prop_assert!(!debug.contains(&pass));
+            }
+        }
+
+        /// Splitting never loses or reorders text: entries are disjoint, in order, trimmed.
+        #[test]
+        fn split_list_ranges_are_ordered_and_trimmed(list in "[a-z:/@, ]{0,40}") {
+            let mut last_end = 0;
+            for range in split_list(&list) {
+                prop_assert!(range.start >= last_end && range.start < range.end);
+                let text = &list[range.clone()];
+                prop_assert_eq!(text, text.trim_matches(|c: char| c == ',' || c.is_whitespace()));
+                last_end = range.end;
             }
         }
     }

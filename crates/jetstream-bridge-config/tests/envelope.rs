@@ -203,24 +203,34 @@ fn ruby_message_with_lowercase_header() {
     );
 }
 
-/// The gem's DLQ context (sequence pair) and ours (integer) read to the same value; ours
-/// round-trips byte for byte and is what we write for the gem's too.
+/// We write the gem's DLQ context byte for byte (`sequence` as the stream/consumer pair), and
+/// still read the integer `sequence` that earlier versions wrote.
 #[test]
 fn dlq_context_fixtures() {
     let files: std::collections::BTreeMap<String, Vec<u8>> =
         fixture_files("dlq-context").into_iter().collect();
     let gem = DlqContext::from_slice(&files["gem.json"]).unwrap();
-    let ours = DlqContext::from_slice(&files["ours.json"]).unwrap();
-    assert_eq!(gem, ours);
-    assert_eq!(ours.sequence, Some(1042));
-    assert_eq!(ours.reason_kind(), Some(DlqReason::MaxDeliverExceeded));
-    assert_eq!(ours.to_json_string().as_bytes(), &files["ours.json"][..]);
-    assert_eq!(gem.to_json_string().as_bytes(), &files["ours.json"][..]);
-    assert_eq!(serde_json::to_vec(&gem).unwrap(), files["ours.json"]);
+    assert_eq!(
+        (gem.sequence, gem.consumer_sequence),
+        (Some(1042), Some(17))
+    );
+    assert_eq!(gem.reason_kind(), Some(DlqReason::MaxDeliverExceeded));
+    assert_eq!(gem.to_json_string().as_bytes(), &files["gem.json"][..]);
+    assert_eq!(serde_json::to_vec(&gem).unwrap(), files["gem.json"]);
+
+    let integer = DlqContext::from_slice(&files["ours-integer.json"]).unwrap();
+    assert_eq!(
+        (integer.sequence, integer.consumer_sequence),
+        (Some(1042), None)
+    );
+    let mut completed = integer.clone();
+    completed.consumer_sequence = Some(17);
+    assert_eq!(completed, gem);
 
     let malformed = DlqContext::from_slice(&files["gem-malformed.json"]).unwrap();
     assert_eq!(malformed.reason_kind(), Some(DlqReason::MalformedJson));
     assert_eq!(malformed.sequence, Some(7));
+    assert_eq!(malformed.consumer_sequence, Some(1));
     assert_eq!(malformed.deliveries, 1);
     assert_eq!(
         malformed.published_at,
@@ -318,7 +328,8 @@ prop_compose! {
         producer in "\\PC{1,20}",
         payload in json_object(),
         event_id in event_id(),
-        trace_id in "[0-9a-f]{16}",
+        // Ours (16 hex) or what gem users pass: any header-safe text.
+        trace_id in prop_oneof!["[0-9a-f]{16}", "[!-~]([ -~]{0,60}[!-~])?", "[a-zé東_-]{1,20}"],
         // 0000-01-01T00:00:00Z ..= 9999-12-31T23:59:59Z
         occurred_at in -62_167_219_200_i64..=253_402_300_799,
         resource_id in proptest::option::of(any::<String>()),
@@ -425,6 +436,7 @@ proptest! {
         error_message in proptest::option::of(any::<String>()),
         deliveries in any::<u64>(),
         sequence in proptest::option::of(any::<u64>()),
+        consumer_sequence in proptest::option::of(any::<u64>()),
         reason in prop::sample::select(DlqReason::ALL.to_vec()),
     ) {
         let mut context = DlqContext::new(reason);
@@ -432,6 +444,7 @@ proptest! {
         context.error_message = error_message;
         context.deliveries = deliveries;
         context.sequence = sequence;
+        context.consumer_sequence = consumer_sequence;
         let text = context.to_json_string();
         prop_assert_eq!(&text, &serde_json::to_string(&context).unwrap());
         prop_assert_eq!(DlqContext::from_json(&text).unwrap(), context);

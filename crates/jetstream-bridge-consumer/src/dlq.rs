@@ -17,6 +17,7 @@ pub(crate) struct DeadLetter<'a> {
     pub(crate) stream: &'a str,
     pub(crate) consumer: &'a str,
     pub(crate) stream_sequence: u64,
+    pub(crate) consumer_sequence: u64,
 }
 
 impl DeadLetter<'_> {
@@ -39,6 +40,7 @@ impl DeadLetter<'_> {
         context.deliveries = u64::from(self.deliveries);
         context.original_subject = Some(self.subject.to_owned());
         context.sequence = Some(self.stream_sequence);
+        context.consumer_sequence = Some(self.consumer_sequence);
         context.consumer = Some(self.consumer.to_owned());
         context.stream = Some(self.stream.to_owned());
         context
@@ -109,6 +111,7 @@ mod tests {
             stream: "s",
             consumer: "c",
             stream_sequence: 42,
+            consumer_sequence: 7,
         }
     }
 
@@ -130,6 +133,7 @@ mod tests {
         assert_eq!(h.get(DELIVERIES_HEADER).unwrap().as_str(), "3");
         let context = DlqContext::from_json(h.get(DLQ_CONTEXT_HEADER).unwrap().as_str()).unwrap();
         assert_eq!(context.sequence, Some(42));
+        assert_eq!(context.consumer_sequence, Some(7));
         assert_eq!(context.event_id.as_deref(), Some("e1"));
         assert_eq!(letter(None).msg_id(), "dlq:s:42");
     }

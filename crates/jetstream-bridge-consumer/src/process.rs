@@ -530,6 +530,7 @@ impl<H: Handler> Shared<H> {
             stream: &meta.stream,
             consumer: &meta.consumer,
             stream_sequence: meta.stream_sequence,
+            consumer_sequence: meta.consumer_sequence,
         };
         let headers = letter.headers(message.headers.as_ref());
         let published = match self

@@ -351,6 +351,21 @@ mod tests {
     }
 
     #[test]
+    fn prepare_accepts_gem_trace_ids_and_refuses_unsafe_ones() {
+        let with_trace = |id: &str| {
+            NewEvent::new("x.y", json!({}))
+                .envelope_with(|b| b.trace_id(id))
+                .prepare(&defaults())
+        };
+        let p = with_trace("trace-abc-123").unwrap();
+        assert_eq!(p.envelope.trace_id, "trace-abc-123");
+        for bad in ["", "a\r\nb", "a\u{0}"] {
+            let err = with_trace(bad).unwrap_err();
+            assert_eq!(err.kind(), OutboxErrorKind::InvalidEvent, "{bad:?}");
+        }
+    }
+
+    #[test]
     fn headers_carry_both_msg_ids_and_traceparent() {
         let h = nats_headers("e1", [("traceparent", "tp"), ("NATS-MSG-ID", "x")], true);
         assert_eq!(h.get(MSG_ID_HEADER).unwrap().as_str(), "e1");

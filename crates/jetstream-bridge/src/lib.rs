@@ -1,8 +1,16 @@
 #![doc = include_str!("../README.md")]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[cfg(any(feature = "outbox", feature = "consumer", feature = "health"))]
+mod bridge;
 mod error;
 
+#[cfg(any(feature = "outbox", feature = "consumer", feature = "health"))]
+#[cfg_attr(
+    docsrs,
+    doc(cfg(any(feature = "outbox", feature = "consumer", feature = "health")))
+)]
+pub use bridge::{Bridge, BridgeReport, StopCause, DEFAULT_SHUTDOWN_TIMEOUT};
 pub use error::{Error, Result};
 
 /// Configuration, subjects, durations, URL masking and the wire envelope
@@ -13,7 +21,8 @@ pub use jetstream_bridge_config as config;
 #[doc(inline)]
 pub use jetstream_bridge_config::{
     Config, ConfigBuilder, ConfigError, ConsumerMode, DlqContext, DlqReason, Envelope,
-    EnvelopeError, EventId, Preset, Redacted, Subject, SubjectLayout, Subjects, TraceParent,
+    EnvelopeError, EventId, Preset, Redacted, Shutdown, Subject, SubjectLayout, Subjects,
+    TraceParent,
 };
 
 #[cfg(feature = "topology")]

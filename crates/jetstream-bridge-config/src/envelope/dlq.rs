@@ -2,7 +2,8 @@
 
 use std::fmt;
 
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::ser::SerializeStruct;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value};
 
 use super::fields::{parse_object, take, take_string, take_timestamp, take_u64, wrong_type};
@@ -74,10 +75,11 @@ impl fmt::Display for DlqReason {
 /// `original_subject`, `sequence`, `consumer`, `stream`, `published_at`. Absent values are
 /// written as `null`, as the gem does.
 ///
-/// `sequence` is the stream sequence of the original message. We write it as an integer. The gem
-/// writes its client's sequence pair, `{"stream": N, "consumer": M}`; the reader accepts both
-/// and keeps the stream sequence `N`. Readers also accept missing keys (`reason` `""`,
-/// `deliveries` 0, the rest `None`) and ignore unknown ones.
+/// `sequence` is written as the gem writes it, the pair `{"stream": N, "consumer": M}` (the
+/// original's stream sequence and the consumer sequence of the failed delivery), or `null` when
+/// neither is known. The reader accepts that pair and a plain integer `N` (written by earlier
+/// versions of this crate). Readers also accept missing keys (`reason` `""`, `deliveries` 0, the
+/// rest `None`) and ignore unknown ones.
 ///
 /// # Examples
 ///
@@ -89,17 +91,21 @@ impl fmt::Display for DlqReason {
 ///   "sequence":{"stream":42,"consumer":7},"consumer":"billing-workers",
 ///   "stream":"jetstream-bridge-stream","published_at":"2025-11-23T10:00:05Z"}"#;
 /// let context = DlqContext::from_json(ruby)?;
-/// assert_eq!(context.sequence, Some(42));
+/// assert_eq!((context.sequence, context.consumer_sequence), (Some(42), Some(7)));
 /// assert_eq!(context.reason_kind(), Some(DlqReason::Unrecoverable));
-/// assert!(context.to_json_string().contains(r#""sequence":42,"#));
+/// assert!(context.to_json_string().contains(r#""sequence":{"stream":42,"consumer":7},"#));
+///
+/// let older = DlqContext::from_json(r#"{"reason":"unrecoverable","sequence":42}"#)?;
+/// assert_eq!((older.sequence, older.consumer_sequence), (Some(42), None));
 ///
 /// let mut ours = DlqContext::new(DlqReason::MalformedJson);
 /// ours.deliveries = 1;
 /// ours.sequence = Some(7);
+/// ours.consumer_sequence = Some(3);
 /// assert!(ours.to_json_string().starts_with(r#"{"event_id":null,"reason":"malformed_json","#));
 /// # Ok::<(), jetstream_bridge_config::EnvelopeError>(())
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct DlqContext {
     /// The dead-lettered event's id (message-id header, then body), if known.
@@ -115,8 +121,11 @@ pub struct DlqContext {
     pub deliveries: u64,
     /// The subject the original was published on.
     pub original_subject: Option<String>,
-    /// The original's stream sequence (see the type docs for the gem's object form).
+    /// The original's stream sequence: `stream` of the `sequence` pair (see the type docs).
     pub sequence: Option<u64>,
+    /// The consumer sequence of the failed delivery: `consumer` of the `sequence` pair; `None`
+    /// when read from a plain integer `sequence`.
+    pub consumer_sequence: Option<u64>,
     /// The durable consumer that gave up on it.
     pub consumer: Option<String>,
     /// The stream holding the original.
@@ -138,6 +147,7 @@ impl DlqContext {
             deliveries: 0,
             original_subject: None,
             sequence: None,
+            consumer_sequence: None,
             consumer: None,
             stream: None,
             published_at: Some(Timestamp::now()),
@@ -172,6 +182,7 @@ impl DlqContext {
     }
 
     fn from_object(mut map: Map<String, Value>) -> Result<Self, EnvelopeError> {
+        let (sequence, consumer_sequence) = take_sequence(&mut map)?;
         Ok(Self {
             event_id: take_string(&mut map, "event_id")?,
             reason: take_string(&mut map, "reason")?.unwrap_or_default(),
@@ -179,15 +190,16 @@ impl DlqContext {
             error_message: take_string(&mut map, "error_message")?,
             deliveries: take_u64(&mut map, "deliveries")?.unwrap_or(0),
             original_subject: take_string(&mut map, "original_subject")?,
-            sequence: take_sequence(&mut map)?,
+            sequence,
+            consumer_sequence,
             consumer: take_string(&mut map, "consumer")?,
             stream: take_string(&mut map, "stream")?,
             published_at: take_timestamp(&mut map, "published_at")?,
         })
     }
 
-    /// The compact JSON header value (`sequence` as an integer). Infallible: every value is a
-    /// string, an integer, a [`Timestamp`] or `null`.
+    /// The compact JSON header value (`sequence` as the gem's pair). Infallible: every value is
+    /// a string, an integer, a [`Timestamp`] or `null`.
     #[must_use]
     pub fn to_json_string(&self) -> String {
         let mut out = String::with_capacity(256);
@@ -198,10 +210,7 @@ impl DlqContext {
         obj.opt_str("error_message", self.error_message.as_deref());
         obj.raw("deliveries", &self.deliveries.to_string());
         obj.opt_str("original_subject", self.original_subject.as_deref());
-        match self.sequence {
-            Some(sequence) => obj.raw("sequence", &sequence.to_string()),
-            None => obj.raw("sequence", "null"),
-        }
+        obj.raw("sequence", &self.sequence_json());
         obj.opt_str("consumer", self.consumer.as_deref());
         obj.opt_str("stream", self.stream.as_deref());
         let published_at = self.published_at.map(|ts| ts.to_string());
@@ -211,24 +220,80 @@ impl DlqContext {
     }
 }
 
-/// `sequence`: an integer (ours) or the gem's `{"stream": N, "consumer": M}` (keeps `N`).
-fn take_sequence(map: &mut Map<String, Value>) -> Result<Option<u64>, EnvelopeError> {
+impl DlqContext {
+    /// `sequence` as written: the gem's pair, or `null` when neither number is known.
+    fn sequence_json(&self) -> String {
+        let number = |n: Option<u64>| n.map_or_else(|| "null".to_owned(), |n| n.to_string());
+        match (self.sequence, self.consumer_sequence) {
+            (None, None) => "null".to_owned(),
+            (stream, consumer) => format!(
+                "{{\"stream\":{},\"consumer\":{}}}",
+                number(stream),
+                number(consumer)
+            ),
+        }
+    }
+}
+
+/// `sequence`: the gem's `{"stream": N, "consumer": M}` (either may be missing or `null`), or a
+/// plain integer `N` (earlier versions of this crate). Returns `(N, M)`.
+fn take_sequence(
+    map: &mut Map<String, Value>,
+) -> Result<(Option<u64>, Option<u64>), EnvelopeError> {
     const FIELD: &str = "sequence";
+    let number = |value: Option<&Value>, what: &str| match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(n) => n
+            .as_u64()
+            .map(Some)
+            .ok_or_else(|| wrong_type(FIELD, what, n)),
+    };
     match take(map, FIELD) {
-        None => Ok(None),
-        Some(Value::Object(pair)) => match pair.get("stream") {
-            None | Some(Value::Null) => Ok(None),
-            Some(stream) => stream.as_u64().map(Some).ok_or_else(|| {
-                wrong_type(FIELD, "a non-negative integer `stream` sequence", stream)
-            }),
-        },
-        Some(other) => other.as_u64().map(Some).ok_or_else(|| {
+        None => Ok((None, None)),
+        Some(Value::Object(pair)) => Ok((
+            number(
+                pair.get("stream"),
+                "a non-negative integer `stream` sequence",
+            )?,
+            number(
+                pair.get("consumer"),
+                "a non-negative integer `consumer` sequence",
+            )?,
+        )),
+        Some(other) => other.as_u64().map(|n| (Some(n), None)).ok_or_else(|| {
             wrong_type(
                 FIELD,
-                "a non-negative integer or {\"stream\": N, \"consumer\": M}",
+                "{\"stream\": N, \"consumer\": M} or a non-negative integer",
                 &other,
             )
         }),
+    }
+}
+
+impl Serialize for DlqContext {
+    /// The same JSON as [`DlqContext::to_json_string`].
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Pair {
+            stream: Option<u64>,
+            consumer: Option<u64>,
+        }
+        let sequence = match (self.sequence, self.consumer_sequence) {
+            (None, None) => None,
+            (stream, consumer) => Some(Pair { stream, consumer }),
+        };
+        let mut s = serializer.serialize_struct("DlqContext", 10)?;
+        s.serialize_field("event_id", &self.event_id)?;
+        s.serialize_field("reason", &self.reason)?;
+        s.serialize_field("error_class", &self.error_class)?;
+        s.serialize_field("error_message", &self.error_message)?;
+        s.serialize_field("deliveries", &self.deliveries)?;
+        s.serialize_field("original_subject", &self.original_subject)?;
+        s.serialize_field("sequence", &sequence)?;
+        s.serialize_field("consumer", &self.consumer)?;
+        s.serialize_field("stream", &self.stream)?;
+        s.serialize_field("published_at", &self.published_at)?;
+        s.end()
     }
 }
 
@@ -247,14 +312,47 @@ mod tests {
     const GEM: &str = r#"{"event_id":"4f8a5c1e-6f8e-4c8e-9d1a-2b7c3e4f5a6b","reason":"max_deliver_exceeded","error_class":"RuntimeError","error_message":"boom","deliveries":5,"original_subject":"orders.sync.billing","sequence":{"stream":42,"consumer":7},"consumer":"billing-workers","stream":"jetstream-bridge-stream","published_at":"2025-11-23T10:00:05Z"}"#;
 
     #[test]
-    fn reads_the_gem_form_and_writes_the_integer_form() {
+    fn reads_and_writes_the_gem_form() {
         let context = DlqContext::from_json(GEM).unwrap();
         assert_eq!(context.sequence, Some(42));
+        assert_eq!(context.consumer_sequence, Some(7));
         assert_eq!(context.deliveries, 5);
         assert_eq!(context.reason_kind(), Some(DlqReason::MaxDeliverExceeded));
+        assert_eq!(context.to_json_string(), GEM);
+    }
+
+    #[test]
+    fn reads_the_integer_form_of_earlier_versions() {
+        let integer = GEM.replace(r#"{"stream":42,"consumer":7}"#, "42");
+        let context = DlqContext::from_json(&integer).unwrap();
+        assert_eq!(
+            (context.sequence, context.consumer_sequence),
+            (Some(42), None)
+        );
         assert_eq!(
             context.to_json_string(),
-            GEM.replace(r#"{"stream":42,"consumer":7}"#, "42")
+            GEM.replace(r#""consumer":7}"#, r#""consumer":null}"#)
+        );
+    }
+
+    #[test]
+    fn sequence_pair_is_written_when_either_number_is_known() {
+        let mut context = DlqContext::new(DlqReason::Unrecoverable);
+        let shown = |c: &DlqContext| {
+            let v: Value = serde_json::from_str(&c.to_json_string()).unwrap();
+            v["sequence"].to_string()
+        };
+        assert_eq!(shown(&context), "null");
+        context.consumer_sequence = Some(3);
+        assert_eq!(shown(&context), r#"{"stream":null,"consumer":3}"#);
+        context.sequence = Some(u64::MAX);
+        assert_eq!(
+            shown(&context),
+            format!(r#"{{"stream":{},"consumer":3}}"#, u64::MAX)
+        );
+        assert_eq!(
+            DlqContext::from_json(&context.to_json_string()).unwrap(),
+            context
         );
     }
 
@@ -284,6 +382,12 @@ mod tests {
         assert_eq!(context.reason_kind(), None);
         let pair_without_stream = DlqContext::from_json(r#"{"sequence":{"consumer":3}}"#).unwrap();
         assert_eq!(pair_without_stream.sequence, None);
+        assert_eq!(pair_without_stream.consumer_sequence, Some(3));
+        let empty_pair = DlqContext::from_json(r#"{"sequence":{}}"#).unwrap();
+        assert_eq!(
+            (empty_pair.sequence, empty_pair.consumer_sequence),
+            (None, None)
+        );
     }
 
     #[test]
@@ -293,6 +397,8 @@ mod tests {
             (r#"{"deliveries":-1}"#, "deliveries"),
             (r#"{"sequence":"42"}"#, "sequence"),
             (r#"{"sequence":{"stream":"42"}}"#, "sequence"),
+            (r#"{"sequence":{"stream":1,"consumer":-1}}"#, "sequence"),
+            (r#"{"sequence":[1,2]}"#, "sequence"),
             (r#"{"published_at":"later"}"#, "published_at"),
             (r#"{"reason":1}"#, "reason"),
         ] {

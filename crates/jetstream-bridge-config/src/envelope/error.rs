@@ -33,7 +33,7 @@ pub enum EnvelopeError {
         reason: String,
     },
     /// The body is valid JSON but not an object (`null`, a boolean, a number, a string or an
-    /// array): the gem's lesson L-R12, such bodies are malformed, not retryable.
+    /// array): as the gem learned, such bodies are malformed, not retryable.
     #[error("body is {found}, not a JSON object")]
     NotAnObject {
         /// The JSON kind found: `"null"`, `"a boolean"`, `"a number"`, `"a string"`, `"an array"`.
@@ -166,7 +166,7 @@ mod tests {
             EnvelopeError::MissingField {
                 field: "event_type",
             },
-            EnvelopeError::invalid("trace_id", "must be 16 lowercase hex characters"),
+            EnvelopeError::invalid("trace_id", "must not be empty"),
             EnvelopeError::TooLarge {
                 size: 2_000_000,
                 max: 1_048_576,

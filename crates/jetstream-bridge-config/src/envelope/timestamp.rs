@@ -18,7 +18,7 @@ use super::EnvelopeError;
 /// `0000..=9999`, so formatting it can never fail and reading back what was written gives the
 /// same value.
 ///
-/// [`parse`](Self::parse) accepts what Ruby peers actually send and normalizes it (lesson L-R28):
+/// [`parse`](Self::parse) accepts what Ruby peers actually send and normalizes it:
 ///
 /// | input | example | result |
 /// |---|---|---|

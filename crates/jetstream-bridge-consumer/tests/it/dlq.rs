@@ -73,6 +73,8 @@ async fn retries_with_backoff_then_dead_letters_after_max_deliver() {
     assert_eq!(context.error_message.as_deref(), Some("boom"));
     assert_eq!(context.deliveries, 3);
     assert_eq!(context.sequence, Some(seq));
+    // The consumer sequence of the third delivery: the fresh durable delivered only this message.
+    assert_eq!(context.consumer_sequence, Some(3));
     assert_eq!(
         context.original_subject.as_deref(),
         Some(env.config.subjects().destination().as_str())
@@ -84,7 +86,12 @@ async fn retries_with_backoff_then_dead_letters_after_max_deliver() {
     );
     assert!(context.published_at.is_some());
     let raw = header(m, DLQ_CONTEXT_HEADER).unwrap();
-    assert!(raw.contains(&format!("\"sequence\":{seq},")), "{raw}");
+    assert!(
+        raw.contains(&format!(
+            "\"sequence\":{{\"stream\":{seq},\"consumer\":3}},"
+        )),
+        "the gem's object form: {raw}"
+    );
 
     handle.shutdown().await.unwrap();
     assert_eq!(

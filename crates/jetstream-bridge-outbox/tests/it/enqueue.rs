@@ -379,6 +379,55 @@ async fn traceparent_must_be_w3c() {
 }
 
 #[derive(QueryableByName)]
+struct TraceId {
+    #[diesel(sql_type = Nullable<Text>)]
+    trace_id: Option<String>,
+}
+
+/// The gem accepts any string as a trace id (`"trace-abc-123"`): so do enqueue and publish, and
+/// the id reaches the row and the stream unchanged. Ids that are not header-safe are refused
+/// before any I/O.
+#[tokio::test(flavor = "multi_thread")]
+async fn gem_trace_ids_are_accepted_and_unsafe_ones_refused() {
+    let env = Env::new().await;
+    let mut conn = env.db.conn().await;
+    let publisher = Publisher::new(&env.config, env.js());
+    let gem_style = "trace-abc-123";
+    let event =
+        || NewEvent::new("user.created", json!({"id": 1})).envelope_with(|b| b.trace_id(gem_style));
+    env.outbox.enqueue(&mut conn, event()).await.unwrap();
+    let row: TraceId =
+        diesel::sql_query("SELECT payload->>'trace_id' AS trace_id FROM jetstream_outbox_events")
+            .get_result(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(row.trace_id.as_deref(), Some(gem_style));
+    let published = publisher.publish(event()).await.unwrap();
+    let message = env
+        .stream
+        .get_raw_message(published.sequence)
+        .await
+        .unwrap();
+    assert_eq!(
+        Envelope::from_slice(&message.payload).unwrap().trace_id,
+        gem_style
+    );
+
+    for bad in ["", "trace\r\nx-evil: 1", "nul\u{0}", &"t".repeat(129)] {
+        let event =
+            || NewEvent::new("user.created", json!({"id": 2})).envelope_with(|b| b.trace_id(bad));
+        let err = env.outbox.enqueue(&mut conn, event()).await.unwrap_err();
+        assert_eq!(err.kind(), OutboxErrorKind::InvalidEvent, "{bad:?}");
+        let err = publisher.publish(event()).await.unwrap_err();
+        assert_eq!(err.kind(), OutboxErrorKind::InvalidEvent, "{bad:?}");
+    }
+    assert_eq!(crate::all_event_ids(&env.db).await.len(), 1);
+    assert_eq!(stream_len(&env.stream).await, 1);
+    drop(conn);
+    env.teardown().await;
+}
+
+#[derive(QueryableByName)]
 struct Pid {
     #[diesel(sql_type = Integer)]
     pid: i32,
