@@ -80,9 +80,22 @@ impl Findings {
 
 /// Settings that cannot work as written (no I/O).
 fn settings(config: &Config, progress: Option<Duration>, f: &mut Findings) {
-    let backoff = config.backoff();
-    let max_deliver = config.max_deliver();
-    backoff_vs_max_deliver(backoff, max_deliver, "JETSTREAM_MAX_DELIVER", f);
+    let warnings = config.warnings();
+    for w in &warnings {
+        f.add("settings", w.field(), Level::Warning, w.to_string());
+    }
+    if !warnings.iter().any(|w| w.field() == "backoff") {
+        f.add(
+            "settings",
+            "backoff",
+            Level::Ok,
+            format!(
+                "[{}], max_deliver {}",
+                durations(config.backoff()),
+                config.max_deliver()
+            ),
+        );
+    }
     let ack_wait = config.ack_wait();
     match progress {
         Some(p) if p >= ack_wait => f.add(
@@ -115,38 +128,26 @@ fn settings(config: &Config, progress: Option<Duration>, f: &mut Findings) {
     }
 }
 
-fn backoff_vs_max_deliver(backoff: &[Duration], max_deliver: u32, source: &str, f: &mut Findings) {
+fn durations(d: &[Duration]) -> String {
+    d.iter()
+        .map(|d| format_duration(*d))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The durable on the server delivers at most `max_deliver` times (it wins over the
+/// configuration): the delays of `backoff` past `max_deliver - 1` never apply.
+fn server_max_deliver(backoff: &[Duration], max_deliver: u32, durable: &str, f: &mut Findings) {
     let used = usize::try_from(max_deliver.saturating_sub(1)).unwrap_or(usize::MAX);
-    let list = |d: &[Duration]| {
-        d.iter()
-            .map(|d| format_duration(*d))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    if backoff.len() > used {
+    if let Some(unused) = backoff.get(used..).filter(|u| !u.is_empty()) {
         f.add(
-            "settings",
-            "backoff",
+            "nats",
+            format!("durable {durable}"),
             Level::Warning,
             format!(
-                "{} entries but max_deliver {max_deliver} ({source}) allows {used} retr{}: \
-                 [{}] never appl{}",
-                backoff.len(),
-                if used == 1 { "y" } else { "ies" },
-                list(&backoff[used..]),
-                if backoff.len() - used == 1 {
-                    "ies"
-                } else {
-                    "y"
-                },
+                "max_deliver is {max_deliver} on the server (it wins over the configuration):                  the backoff delays {} never apply",
+                durations(unused)
             ),
-        );
-    } else {
-        f.add(
-            "settings",
-            "backoff",
-            Level::Ok,
-            format!("[{}], max_deliver {max_deliver}", list(backoff)),
         );
     }
 }
@@ -247,11 +248,7 @@ async fn nats_checks(
                         "has a server-side backoff [{}]: the server then uses backoff[0] as the \
                          ack wait instead of ack_wait {}; remove it (`ensure-topology \
                          --update-drift`), the bridge applies backoff itself as NAK delays",
-                        c.backoff
-                            .iter()
-                            .map(|d| format_duration(*d))
-                            .collect::<Vec<_>>()
-                            .join(", "),
+                        durations(&c.backoff),
                         format_duration(c.ack_wait)
                     ),
                 );
@@ -273,7 +270,7 @@ async fn nats_checks(
             }
             if let Ok(max) = u32::try_from(c.max_deliver) {
                 if max != config.max_deliver() {
-                    backoff_vs_max_deliver(config.backoff(), max, "on the server", f);
+                    server_max_deliver(config.backoff(), max, durable, f);
                 }
             }
         }
