@@ -1,6 +1,5 @@
 //! The probe rate limit: at most one uncached probe per interval, concurrent callers sharing
-//! the one in flight (lessons L-R22, L-R23: the whole probe is cached, and throttling is never
-//! an error).
+//! the one in flight (the whole probe is cached, and throttling is never an error).
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -6,12 +6,15 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use async_nats::connection::State;
-use async_nats::jetstream::{self, Context};
+use async_nats::jetstream::{self, consumer, Context};
 use async_nats::Client;
+use diesel::sql_types::{Array, Text};
+use diesel::QueryableByName;
 use futures_util::StreamExt;
-use jetstream_bridge_config::Config;
+use jetstream_bridge_config::{format_duration, Config, ConsumerMode};
 use jetstream_bridge_consumer::ConsumerStats;
 use jetstream_bridge_outbox::{Outbox, PgPool, RelayStats};
+use jetstream_bridge_pg::{Component, PgError, PgErrorKind};
 use jetstream_bridge_topology::{DlqPlacement, TopologySpec};
 use serde::Serialize;
 use tokio::sync::watch;
@@ -20,13 +23,13 @@ use crate::cache::ProbeCache;
 use crate::error::{HealthError, HealthErrorKind, Result};
 use crate::metrics::{Metrics, ProbeGauges};
 use crate::report::{
-    rfc3339, round2, ConfigReport, ConnectionReport, ConsumerReport, DlqReport, HealthReport,
-    OutboxReport, PerformanceReport, RuntimeReport, SkippedReport, StreamReport,
+    rfc3339, round2, ConfigReport, ConnectionReport, ConsumerReport, DatabaseReport, DlqReport,
+    HealthReport, OutboxReport, PerformanceReport, RuntimeReport, SkippedReport, StreamReport,
 };
 use crate::shutdown::ShutdownSignal;
 use crate::watch::Watched;
 
-/// The default minimum time between two uncached probes (SPEC §7).
+/// The default minimum time between two uncached probes.
 pub const DEFAULT_MIN_PROBE_INTERVAL: Duration = Duration::from_secs(5);
 
 /// The default time limit of each request a probe makes.
@@ -41,6 +44,18 @@ pub const RESTRICTED_REASON: &str = "disable_js_api=true (skip $JS.API.STREAM.IN
 /// The JetStream API requests a probe makes, listed in `skipped.requests` when restricted mode
 /// leaves them out.
 const JS_REQUESTS: [&str; 2] = ["$JS.API.STREAM.INFO", "$JS.API.CONSUMER.INFO"];
+
+/// Which of `$1` (table names, in order) do not resolve in the connection's search path.
+const MISSING_TABLES_SQL: &str =
+    "SELECT t.name FROM unnest($1::text[]) WITH ORDINALITY AS t(name, i) \
+     WHERE to_regclass(t.name) IS NULL ORDER BY t.i";
+
+/// One row of [`MISSING_TABLES_SQL`].
+#[derive(QueryableByName)]
+struct MissingTable {
+    #[diesel(sql_type = Text)]
+    name: String,
+}
 
 /// Builds a [`Health`]; see [`Health::builder`].
 #[must_use]
@@ -58,6 +73,7 @@ pub struct HealthBuilder {
     probe_timeout: Duration,
     max_outbox_lag: Option<Duration>,
     stall_after: Option<Duration>,
+    progress_interval: Option<Duration>,
 }
 
 impl fmt::Debug for HealthBuilder {
@@ -70,6 +86,7 @@ impl fmt::Debug for HealthBuilder {
             .field("min_probe_interval", &self.min_probe_interval)
             .field("probe_timeout", &self.probe_timeout)
             .field("max_outbox_lag", &self.max_outbox_lag)
+            .field("progress_interval", &self.progress_interval)
             .finish_non_exhaustive()
     }
 }
@@ -89,9 +106,11 @@ impl HealthBuilder {
         self
     }
 
-    /// The database pool holding the outbox: with `use_outbox` on, each probe reads the
-    /// backlog (pending count, oldest pending age, failed count), and a failing query makes
-    /// the report unhealthy.
+    /// The database pool of the inbox and the outbox. Each probe checks that the database
+    /// answers and holds the tables the configuration needs (`jetstream_inbox_events` with
+    /// `use_inbox`, `jetstream_outbox_events` with `use_outbox`) and, with `use_outbox`, reads
+    /// the backlog (pending count, oldest pending age, failed count). An unreachable database,
+    /// a missing table or a failing query makes the report unhealthy and readiness fail.
     pub fn pool(mut self, pool: PgPool) -> Self {
         self.pool = Some(pool);
         self
@@ -105,7 +124,7 @@ impl HealthBuilder {
     }
 
     /// Watches a consumer runtime (`ConsumerHandle::stats()`): liveness, stall detection and
-    /// readiness (not ready once it shuts down).
+    /// readiness (not ready from the moment it begins shutting down).
     pub fn consumer_stats(mut self, stats: watch::Receiver<ConsumerStats>) -> Self {
         self.consumer = Some(stats);
         self
@@ -153,6 +172,16 @@ impl HealthBuilder {
         self
     }
 
+    /// The consumer runtime's in-progress ack interval (default `ack_wait / 2`, the
+    /// consumer's default; pass what you gave `ConsumerBuilder::progress_interval`). Readiness
+    /// fails while the durable's `ack_wait` on the server is not longer than it: messages would
+    /// be redelivered while their handler still runs. `None`: the runtime sends no in-progress
+    /// acks, nothing to compare.
+    pub fn progress_interval(mut self, every: Option<Duration>) -> Self {
+        self.progress_interval = every.filter(|d| !d.is_zero());
+        self
+    }
+
     /// Builds the checker. Makes no request.
     pub fn build(self) -> Health {
         let mut js = self
@@ -163,11 +192,31 @@ impl HealthBuilder {
             .spec
             .unwrap_or_else(|| TopologySpec::from_config(&self.config));
         let stall_after = self.stall_after;
+        let tables = [
+            (self.config.use_inbox(), Component::Inbox),
+            (self.config.use_outbox(), Component::Outbox),
+        ]
+        .into_iter()
+        .filter_map(|(on, component)| on.then_some(component.table()))
+        .collect();
+        let delivery = match self.config.consumer_mode() {
+            ConsumerMode::Push => Some(
+                self.config
+                    .subjects()
+                    .delivery_subject()
+                    .as_str()
+                    .to_owned(),
+            ),
+            _ => None,
+        };
         Health {
             inner: Arc::new(Inner {
                 config_report: config_report(&self.config),
                 restricted: self.config.disable_js_api(),
                 use_outbox: self.config.use_outbox(),
+                tables,
+                delivery,
+                progress_interval: self.progress_interval,
                 durable: self.config.durable_name().as_str().to_owned(),
                 config: self.config,
                 client: self.client,
@@ -220,6 +269,11 @@ struct Inner {
     config_report: ConfigReport,
     restricted: bool,
     use_outbox: bool,
+    /// The bridge tables the configuration needs.
+    tables: Vec<&'static str>,
+    /// The push runtime's delivery subject; `None` in pull mode.
+    delivery: Option<String>,
+    progress_interval: Option<Duration>,
     durable: String,
     client: Client,
     js: Context,
@@ -285,7 +339,8 @@ fn config_report(config: &Config) -> ConfigReport {
     }
 }
 
-/// Runs `fut` with the probe timeout; a timeout or an error becomes the masked message.
+/// Runs the NATS request `fut` with the probe timeout; a timeout or an error becomes the
+/// masked message.
 async fn bounded<T>(
     limit: Duration,
     fut: impl Future<Output = Result<T>>,
@@ -295,6 +350,79 @@ async fn bounded<T>(
         Ok(Err(e)) => Err(e.to_masked_string()),
         Err(_) => Err(HealthError::new(HealthErrorKind::Timeout).to_masked_string()),
     }
+}
+
+/// `error` and its causes, one after the other (a cause whose message the text already ends
+/// with, as wrappers often repeat it, is left out), with URL credentials masked.
+fn masked_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = error.to_string();
+    let mut cause = error.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    crate::mask::mask_credentials(&out)
+}
+
+/// A database request of a probe that did not answer within `limit`.
+fn database_timeout(limit: Duration) -> HealthError {
+    HealthError::with_source(
+        HealthErrorKind::Database,
+        format!("no answer within {} ms", limit.as_millis()),
+    )
+}
+
+/// Why a probe's report says the process cannot do its work (empty: it can, as far as the
+/// report goes). The outbox lag and the shutdown are [`Health::readiness`]'s own.
+fn not_ready_reasons(report: &HealthReport) -> Vec<String> {
+    let mut reasons = Vec::new();
+    let consumer = &report.consumer;
+    if !report.connection.connected {
+        reasons.push(format!("NATS {}", report.connection.state));
+    } else if report.stream.exists == Some(false) {
+        let why = report.stream.error.as_deref().unwrap_or("not found");
+        reasons.push(format!("stream {}: {why}", report.stream.name));
+    } else if consumer.exists == Some(false) {
+        let why = consumer.error.as_deref().unwrap_or("not found");
+        reasons.push(format!("durable {}: {why}", consumer.name));
+    }
+    for problem in &consumer.problems {
+        reasons.push(format!("durable {}: {problem}", consumer.name));
+    }
+    let mut database_down = false;
+    if let Some(db) = &report.database {
+        if let Some(e) = &db.error {
+            database_down = true;
+            reasons.push(e.clone());
+        }
+        for table in &db.missing_tables {
+            reasons.push(missing_table(table));
+        }
+    }
+    if let Some(e) = report.outbox.as_ref().and_then(|o| o.error.as_ref()) {
+        // The database's own line already says why when it is down or the table is missing.
+        let table = Component::Outbox.table();
+        let said = database_down
+            || report
+                .database
+                .as_ref()
+                .is_some_and(|d| d.missing_tables.contains(&table));
+        if !said {
+            reasons.push(format!("outbox: {e}"));
+        }
+    }
+    if reasons.is_empty() && !report.healthy {
+        reasons.push("unhealthy".to_owned());
+    }
+    reasons
+}
+
+fn missing_table(table: &str) -> String {
+    format!("table {table} missing (run `jetstream-bridge migrate`)")
 }
 
 fn nats(e: impl std::error::Error + Send + Sync + 'static) -> HealthError {
@@ -313,6 +441,7 @@ impl Health {
     /// Starts a builder for `config`'s bridge on `client` (the application's connection, e.g.
     /// `jetstream_bridge_topology::connect(&config).await?.into_client()`).
     pub fn builder(config: Config, client: Client) -> HealthBuilder {
+        let config_ack_wait = config.ack_wait();
         HealthBuilder {
             config,
             client,
@@ -327,6 +456,7 @@ impl Health {
             probe_timeout: DEFAULT_PROBE_TIMEOUT,
             max_outbox_lag: None,
             stall_after: Some(DEFAULT_STALL_AFTER),
+            progress_interval: Some(config_ack_wait / 2).filter(|d| !d.is_zero()),
         }
     }
 
@@ -344,9 +474,20 @@ impl Health {
         report
     }
 
-    /// The readiness verdict: not ready while shutting down ([`set_shutting_down`](Self::set_shutting_down)
-    /// or the watched consumer began its shutdown), while the (possibly cached) report is
-    /// unhealthy, or while the outbox lag exceeds [`max_outbox_lag`](HealthBuilder::max_outbox_lag).
+    /// The readiness verdict: `false` while the process cannot do its work, each cause a line
+    /// of [`Readiness::reasons`]:
+    ///
+    /// - shutting down ([`set_shutting_down`](Self::set_shutting_down), or the watched
+    ///   consumer began its shutdown): answered at once, without a probe or the cache;
+    /// - NATS not connected;
+    /// - the stream or the durable missing, or the durable unusable as the server holds it
+    ///   (see [`ConsumerReport::problems`](crate::ConsumerReport::problems)); not checked in
+    ///   restricted mode;
+    /// - with a [`pool`](HealthBuilder::pool): the database unreachable, a table the
+    ///   configuration needs missing, the outbox query failing;
+    /// - the outbox lag over [`max_outbox_lag`](HealthBuilder::max_outbox_lag).
+    ///
+    /// Everything but the shutdown comes from the (possibly cached) health report.
     ///
     /// # Cancel safety
     ///
@@ -369,20 +510,7 @@ impl Health {
             };
         }
         let report = self.health_check().await;
-        if !report.healthy {
-            if !report.connection.connected {
-                reasons.push(format!("NATS {}", report.connection.state));
-            } else if report.stream.exists == Some(false) {
-                let why = report.stream.error.as_deref().unwrap_or("not found");
-                reasons.push(format!("stream {}: {why}", report.stream.name));
-            }
-            if let Some(e) = report.outbox.as_ref().and_then(|o| o.error.as_ref()) {
-                reasons.push(format!("outbox: {e}"));
-            }
-            if reasons.is_empty() {
-                reasons.push("unhealthy".to_owned());
-            }
-        }
+        reasons.extend(not_ready_reasons(&report));
         if let (Some(limit), Some(age)) = (
             self.inner.max_outbox_lag,
             report
@@ -564,6 +692,7 @@ impl Health {
                 redelivered: Some(to_u64(info.num_redelivered)),
                 error: None,
                 skipped: None,
+                problems: self.durable_problems(&info.config),
             },
             Err(error) => ConsumerReport {
                 name,
@@ -573,8 +702,47 @@ impl Health {
                 redelivered: None,
                 error: Some(error),
                 skipped: None,
+                problems: Vec::new(),
             },
         }
+    }
+
+    /// Why the consumer runtime cannot work with the durable `config` the server holds.
+    fn durable_problems(&self, config: &consumer::Config) -> Vec<String> {
+        let mut problems = Vec::new();
+        if !config.backoff.is_empty() {
+            let list: Vec<String> = config.backoff.iter().map(|d| format_duration(*d)).collect();
+            problems.push(format!(
+                "server-side backoff [{}] replaces ack_wait per delivery (the runtime applies \
+                 the configured backoff as NAK delays); provision the durable without it",
+                list.join(", ")
+            ));
+        }
+        if let Some(every) = self.inner.progress_interval {
+            if config.ack_wait <= every {
+                problems.push(format!(
+                    "ack_wait {} is not longer than the in-progress ack interval {}: messages \
+                     are redelivered while their handler runs",
+                    format_duration(config.ack_wait),
+                    format_duration(every)
+                ));
+            }
+        }
+        let delivers_to = config.deliver_subject.as_deref().filter(|s| !s.is_empty());
+        match (&self.inner.delivery, delivers_to) {
+            (None, Some(subject)) => problems.push(format!(
+                "a push durable (delivering to {subject}) cannot be pulled; the runtime is in \
+                 pull mode"
+            )),
+            (Some(expected), None) => problems.push(format!(
+                "a pull durable delivers nothing to {expected}, where the push runtime listens"
+            )),
+            (Some(expected), Some(subject)) if expected != subject => problems.push(format!(
+                "delivers to {subject}, the push runtime listens on {expected}"
+            )),
+            _ => {}
+        }
+        problems
     }
 
     /// The DLQ section when the config uses one (`probe`: ask the server).
@@ -620,13 +788,77 @@ impl Health {
         Some(report)
     }
 
-    async fn outbox(&self) -> Option<OutboxReport> {
+    /// Whether the database answers and which of the needed tables are missing.
+    async fn database(&self) -> Option<DatabaseReport> {
+        let pool = self.inner.pool.as_ref()?;
+        let tables = self.inner.tables.clone();
+        if tables.is_empty() {
+            return None;
+        }
+        let check = async {
+            let mut conn = pool.get().await.map_err(jetstream_bridge_pg::pool_error)?;
+            let query = diesel::sql_query(MISSING_TABLES_SQL).bind::<Array<Text>, _>(&tables);
+            let missing: Vec<MissingTable> = diesel_async::RunQueryDsl::load(query, &mut conn)
+                .await
+                .map_err(PgError::database)?;
+            Ok::<_, PgError>(missing)
+        };
+        let (reachable, missing, error) =
+            match tokio::time::timeout(self.inner.probe_timeout, check).await {
+                Ok(Ok(missing)) => (true, missing, None),
+                Ok(Err(e)) => {
+                    // Only a statement the database answered with an error counts as reachable.
+                    let answered = matches!(e.kind(), PgErrorKind::Rejected);
+                    (answered, Vec::new(), Some(masked_chain(&e)))
+                }
+                Err(_) => (
+                    false,
+                    Vec::new(),
+                    Some(database_timeout(self.inner.probe_timeout).to_masked_string()),
+                ),
+            };
+        let missing_tables = tables
+            .iter()
+            .copied()
+            .filter(|t| missing.iter().any(|m| m.name == *t))
+            .collect();
+        Some(DatabaseReport {
+            reachable,
+            tables,
+            missing_tables,
+            error,
+        })
+    }
+
+    /// The outbox backlog; not asked when `database` already says the database is down or the
+    /// outbox table is missing.
+    async fn outbox(&self, db: Option<&DatabaseReport>) -> Option<OutboxReport> {
         let pool = self.inner.pool.as_ref().filter(|_| self.inner.use_outbox)?;
+        let known = db.and_then(|d| {
+            let table = Component::Outbox.table();
+            d.error.clone().or_else(|| {
+                d.missing_tables
+                    .contains(&table)
+                    .then(|| missing_table(table))
+            })
+        });
+        if let Some(error) = known {
+            return Some(OutboxReport {
+                pending: None,
+                oldest_pending_age_seconds: None,
+                failed: None,
+                error: Some(error),
+            });
+        }
         let backlog = async {
             let mut conn = pool.get().await.map_err(database)?;
             Outbox::backlog(&mut conn).await.map_err(database)
         };
-        Some(match bounded(self.inner.probe_timeout, backlog).await {
+        let backlog = tokio::time::timeout(self.inner.probe_timeout, backlog)
+            .await
+            .unwrap_or_else(|_| Err(database_timeout(self.inner.probe_timeout)))
+            .map_err(|e| e.to_masked_string());
+        Some(match backlog {
             Ok(b) => OutboxReport {
                 pending: Some(b.unsent),
                 oldest_pending_age_seconds: b.oldest_unsent_age.map(|d| round2(d.as_secs_f64())),
@@ -686,15 +918,24 @@ impl Health {
                     redelivered: None,
                     error: None,
                     skipped: Some(true),
+                    problems: Vec::new(),
                 }
             }
         };
-        let (nats_rtt_ms, stream, consumer, dlq, outbox) =
-            futures_util::join!(rtt, stream, consumer, self.dlq(ask_js), self.outbox());
+        let database_and_outbox = async {
+            let database = self.database().await;
+            let outbox = self.outbox(database.as_ref()).await;
+            (database, outbox)
+        };
+        let (nats_rtt_ms, stream, consumer, dlq, (database, outbox)) =
+            futures_util::join!(rtt, stream, consumer, self.dlq(ask_js), database_and_outbox);
         let runtime = self.observe_runtimes();
 
         let healthy = connected
             && (restricted || stream.exists == Some(true))
+            && database
+                .as_ref()
+                .is_none_or(|d| d.error.is_none() && d.missing_tables.is_empty())
             && outbox.as_ref().is_none_or(|o| o.error.is_none());
         self.inner.metrics.set_probe(&ProbeGauges {
             healthy,
@@ -728,6 +969,7 @@ impl Health {
             }),
             consumer,
             dlq,
+            database,
             outbox,
             runtime,
         }

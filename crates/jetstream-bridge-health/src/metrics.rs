@@ -3,17 +3,18 @@
 
 use std::collections::HashSet;
 use std::fmt;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use jetstream_bridge_consumer::{BoxFuture, Event, HandlerAction, HandlerError, Middleware, Next};
 use jetstream_bridge_outbox::RelayStats;
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeGaugeValue, EncodeLabelSet, EncodeMetric, MetricEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::{Atomic, Gauge};
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use crate::error::{HealthError, HealthErrorKind, Result};
@@ -85,6 +86,59 @@ fn duration_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.0, 16))
 }
 
+/// A gauge the probe measures. Until it is set, and again once a probe could not read it
+/// (restricted mode, a failed request), it is exported without a sample (only its `# HELP` and
+/// `# TYPE` lines), instead of a misleading 0 or a stale value.
+#[derive(Debug, Default)]
+struct ProbeGauge<N = i64, A = AtomicI64> {
+    gauge: Gauge<N, A>,
+    measured: Arc<AtomicBool>,
+}
+
+impl<N, A> Clone for ProbeGauge<N, A> {
+    fn clone(&self) -> Self {
+        Self {
+            gauge: self.gauge.clone(),
+            measured: self.measured.clone(),
+        }
+    }
+}
+
+impl ProbeGauge {
+    fn set(&self, value: Option<u64>) {
+        self.set_with(value.map(|v| i64::try_from(v).unwrap_or(i64::MAX)));
+    }
+}
+
+impl<N, A: Atomic<N>> ProbeGauge<N, A> {
+    /// `Some`: the sample, `None`: no sample.
+    fn set_with(&self, value: Option<N>) {
+        let measured = value.is_some();
+        if let Some(v) = value {
+            self.gauge.set(v);
+        }
+        self.measured.store(measured, Ordering::Release);
+    }
+}
+
+impl<N, A> EncodeMetric for ProbeGauge<N, A>
+where
+    N: EncodeGaugeValue,
+    A: Atomic<N>,
+{
+    fn encode(&self, encoder: MetricEncoder<'_>) -> std::result::Result<(), fmt::Error> {
+        if self.measured.load(Ordering::Acquire) {
+            self.gauge.encode(encoder)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Gauge
+    }
+}
+
 /// The registry and every metric of the bridge. Cheap to clone (shared state).
 ///
 /// | metric | type | labels | fed by |
@@ -102,6 +156,10 @@ fn duration_histogram() -> Histogram {
 /// | `jetstream_outbox_publish_failures_total` | counter | | the relay's stats |
 /// | `jetstream_health_up` | gauge | | the probe (1 healthy, 0 not) |
 ///
+/// A probe gauge the last probe could not read (restricted mode makes no `$JS.API` request;
+/// a request failed; no database pool) has no sample (its `# TYPE` line stays), rather than a
+/// stale or zero value.
+///
 /// `event_type` values are capped ([`DEFAULT_MAX_EVENT_TYPES`]): once that many distinct
 /// types were seen, new ones are counted as [`OTHER_EVENT_TYPE`], so a producer cannot blow
 /// up the series count.
@@ -114,13 +172,13 @@ struct MetricsInner {
     registry: Registry,
     messages: Family<MessageLabels, Counter>,
     durations: DurationFamily,
-    dlq_size: Gauge,
-    consumer_pending: Gauge,
-    consumer_ack_pending: Gauge,
-    stream_messages: Gauge,
-    outbox_pending: Gauge,
-    outbox_oldest_age: Gauge<f64, AtomicU64>,
-    outbox_failed: Gauge,
+    dlq_size: ProbeGauge,
+    consumer_pending: ProbeGauge,
+    consumer_ack_pending: ProbeGauge,
+    stream_messages: ProbeGauge,
+    outbox_pending: ProbeGauge,
+    outbox_oldest_age: ProbeGauge<f64, AtomicU64>,
+    outbox_failed: ProbeGauge,
     outbox_published: Counter,
     outbox_publish_failures: Counter,
     up: Gauge,
@@ -169,7 +227,7 @@ impl Metrics {
             durations.clone(),
         );
         let gauge = |registry: &mut Registry, name: &str, help: &str| {
-            let g = Gauge::default();
+            let g = ProbeGauge::default();
             registry.register(name, help, g.clone());
             g
         };
@@ -194,7 +252,7 @@ impl Metrics {
             "jetstream_outbox_pending",
             "Outbox rows not published yet",
         );
-        let outbox_oldest_age = Gauge::<f64, AtomicU64>::default();
+        let outbox_oldest_age = ProbeGauge::<f64, AtomicU64>::default();
         registry.register(
             "jetstream_outbox_oldest_pending_age_seconds",
             "Age of the oldest unpublished outbox row (0 when none)",
@@ -217,10 +275,11 @@ impl Metrics {
             "Failed relay publish attempts",
             outbox_publish_failures.clone(),
         );
-        let up = gauge(
-            &mut registry,
+        let up = Gauge::default();
+        registry.register(
             "jetstream_health_up",
             "1 when the last health probe was healthy, else 0",
+            up.clone(),
         );
         Self {
             inner: Arc::new(MetricsInner {
@@ -308,23 +367,19 @@ impl Metrics {
     }
 
     pub(crate) fn set_probe(&self, probe: &ProbeGauges) {
-        let set = |g: &Gauge, v: Option<u64>| {
-            if let Some(v) = v {
-                g.set(i64::try_from(v).unwrap_or(i64::MAX));
-            }
-        };
-        set(&self.inner.dlq_size, probe.dlq_size);
-        set(&self.inner.consumer_pending, probe.consumer_pending);
-        set(&self.inner.consumer_ack_pending, probe.consumer_ack_pending);
-        set(&self.inner.stream_messages, probe.stream_messages);
-        set(&self.inner.outbox_pending, probe.outbox_pending);
-        set(&self.inner.outbox_failed, probe.outbox_failed);
-        if probe.outbox_pending.is_some() {
-            self.inner
-                .outbox_oldest_age
-                .set(probe.outbox_oldest_age.unwrap_or(0.0));
-        }
-        self.inner.up.set(i64::from(probe.healthy));
+        let m = &self.inner;
+        m.dlq_size.set(probe.dlq_size);
+        m.consumer_pending.set(probe.consumer_pending);
+        m.consumer_ack_pending.set(probe.consumer_ack_pending);
+        m.stream_messages.set(probe.stream_messages);
+        m.outbox_pending.set(probe.outbox_pending);
+        m.outbox_failed.set(probe.outbox_failed);
+        m.outbox_oldest_age.set_with(
+            probe
+                .outbox_pending
+                .map(|_| probe.outbox_oldest_age.unwrap_or(0.0)),
+        );
+        m.up.set(i64::from(probe.healthy));
     }
 
     /// The registry in the OpenMetrics text format ([`METRICS_CONTENT_TYPE`]), ending with
@@ -341,7 +396,7 @@ impl Metrics {
     }
 }
 
-/// Gauge values from one probe (`None`: not measured, keep the previous value).
+/// Gauge values from one probe (`None`: not measured, no sample).
 #[derive(Debug, Default)]
 pub(crate) struct ProbeGauges {
     pub(crate) healthy: bool,
@@ -454,24 +509,43 @@ mod tests {
         );
     }
 
+    /// Measured gauges have their sample; one the next probe cannot read has none (never a
+    /// stale value, never a made-up 0) while its `# TYPE` line stays; `jetstream_health_up`
+    /// always has one.
     #[test]
-    fn probe_gauges_keep_unmeasured_values() {
+    fn unmeasured_probe_gauges_have_no_sample() {
         let m = Metrics::new();
+        let text = m.encode().unwrap();
+        assert_eq!(sample(&text, "jetstream_dlq_size"), None, "{text}");
+        assert_eq!(sample(&text, "jetstream_health_up"), Some("0"));
         m.set_probe(&ProbeGauges {
             healthy: true,
             dlq_size: Some(4),
+            consumer_pending: Some(0),
             outbox_pending: Some(2),
             outbox_oldest_age: Some(1.5),
             ..ProbeGauges::default()
         });
-        m.set_probe(&ProbeGauges::default());
         let text = m.encode().unwrap();
         assert_eq!(sample(&text, "jetstream_dlq_size"), Some("4"));
+        assert_eq!(sample(&text, "jetstream_consumer_pending"), Some("0"));
         assert_eq!(sample(&text, "jetstream_outbox_pending"), Some("2"));
         assert_eq!(
             sample(&text, "jetstream_outbox_oldest_pending_age_seconds"),
             Some("1.5")
         );
+        assert_eq!(sample(&text, "jetstream_stream_messages"), None);
+        m.set_probe(&ProbeGauges::default());
+        let text = m.encode().unwrap();
+        for gauge in [
+            "jetstream_dlq_size",
+            "jetstream_consumer_pending",
+            "jetstream_outbox_pending",
+            "jetstream_outbox_oldest_pending_age_seconds",
+        ] {
+            assert_eq!(sample(&text, gauge), None, "{gauge}: {text}");
+            assert!(text.contains(&format!("# TYPE {gauge} gauge")), "{text}");
+        }
         assert_eq!(sample(&text, "jetstream_health_up"), Some("0"));
     }
 }

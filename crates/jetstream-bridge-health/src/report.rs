@@ -7,13 +7,14 @@ use serde::Serialize;
 ///
 /// Serializes to the seed's JSON, key for key (`healthy`, `connection`, `stream`,
 /// `performance`, `config`, `version`), followed by the bridge's additions: `cached`,
-/// `checked_at`, `skipped`, `consumer`, `dlq`, `outbox` and `runtime`. Error texts are masked
+/// `checked_at`, `skipped`, `consumer`, `dlq`, `database`, `outbox` and `runtime`. Error texts are masked
 /// (no URL credentials). Fields are public to read; the struct is `#[non_exhaustive]`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[non_exhaustive]
 pub struct HealthReport {
     /// The seed's verdict: connected, and (unless restricted mode skipped it) the stream exists;
-    /// with an outbox pool, the outbox query succeeded too.
+    /// with a database pool, the database answered, has the tables the configuration needs,
+    /// and the outbox query succeeded.
     pub healthy: bool,
     /// The NATS connection.
     pub connection: ConnectionReport,
@@ -37,6 +38,9 @@ pub struct HealthReport {
     pub consumer: ConsumerReport,
     /// The dead letter queue of this service, or `null` when `use_dlq` is off.
     pub dlq: Option<DlqReport>,
+    /// The database and the bridge's tables in it, or `null` without a database pool (or with
+    /// neither `use_inbox` nor `use_outbox`).
+    pub database: Option<DatabaseReport>,
     /// The outbox backlog, or `null` without a database pool.
     pub outbox: Option<OutboxReport>,
     /// Liveness of the relay and consumer runtimes this checker watches.
@@ -143,6 +147,11 @@ pub struct ConsumerReport {
     /// `true` when the check was skipped (restricted mode, or not connected).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub skipped: Option<bool>,
+    /// Why the consumer runtime cannot work with the durable as the server holds it: a
+    /// server-side `backoff`, an `ack_wait` not longer than the in-progress ack interval, or a
+    /// push durable for a pull runtime (and the reverse). Omitted when there is none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
 }
 
 /// The dead letter queue (`dlq`).
@@ -161,6 +170,23 @@ pub struct DlqReport {
     /// `true` when the check was skipped (restricted mode, or not connected).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub skipped: Option<bool>,
+}
+
+/// The database the bridge's inbox and outbox live in (`database`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct DatabaseReport {
+    /// Whether the database answered (`false` while it is unreachable or timed out).
+    pub reachable: bool,
+    /// The tables this configuration needs: `jetstream_inbox_events` with `use_inbox`,
+    /// `jetstream_outbox_events` with `use_outbox`.
+    pub tables: Vec<&'static str>,
+    /// Those of them that do not exist (run `jetstream-bridge migrate`); empty when not
+    /// reachable.
+    pub missing_tables: Vec<&'static str>,
+    /// Why the check failed (masked).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// The outbox backlog (`outbox`).

@@ -7,6 +7,7 @@ mod batch;
 mod delivery;
 mod dlq;
 mod fault_nats;
+mod least_privilege;
 mod middleware;
 mod recovery;
 mod shutdown;

@@ -7,6 +7,7 @@
 mod fault_nats;
 mod metrics;
 mod outbox;
+mod readiness;
 mod report;
 
 use std::collections::HashMap;
@@ -30,6 +31,7 @@ pub(crate) struct Env {
     pub(crate) t: TestNats,
     pub(crate) db: TestDb,
     pub(crate) config: Config,
+    base: ConfigBuilder,
 }
 
 impl Env {
@@ -39,7 +41,7 @@ impl Env {
         let stream = t.name("stream");
         t.track_stream(stream.clone());
         t.track_stream(format!("{stream}-dlq"));
-        let config = tune(
+        let base = tune(
             Config::builder(t.name("env"), "orders", "billing")
                 .nats_urls(t.url())
                 .stream_name(stream.as_str())
@@ -47,9 +49,8 @@ impl Env {
                 .use_inbox(false)
                 .max_deliver(3)
                 .backoff(["100ms"]),
-        )
-        .build()
-        .unwrap();
+        );
+        let config = base.clone().build().unwrap();
         ensure_topology(
             t.jetstream(),
             &TopologySpec::from_config(&config),
@@ -57,7 +58,17 @@ impl Env {
         )
         .await
         .unwrap();
-        Self { t, db, config }
+        Self {
+            t,
+            db,
+            config,
+            base,
+        }
+    }
+
+    /// The same names with `tune` applied on top (e.g. restricted mode for the runtime).
+    pub(crate) fn config_with(&self, tune: impl FnOnce(ConfigBuilder) -> ConfigBuilder) -> Config {
+        tune(self.base.clone()).build().unwrap()
     }
 
     /// A checker on the shared connection, probing on every call.

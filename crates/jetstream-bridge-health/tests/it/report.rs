@@ -41,12 +41,13 @@ const SEED_EXAMPLE: &str = r#"{
 }"#;
 
 /// The keys we add at the top level, after the seed's.
-const ADDED_KEYS: [&str; 7] = [
+const ADDED_KEYS: [&str; 8] = [
     "cached",
     "checked_at",
     "skipped",
     "consumer",
     "dlq",
+    "database",
     "outbox",
     "runtime",
 ];
@@ -131,6 +132,11 @@ async fn report_matches_the_seed_json_key_for_key() {
                "ack_pending": 0, "redelivered": 0})
     );
     assert_eq!(report["dlq"]["depth"], 0);
+    assert_eq!(
+        report["database"],
+        json!({"reachable": true, "tables": ["jetstream_inbox_events", "jetstream_outbox_events"],
+               "missing_tables": []})
+    );
     assert_eq!(
         report["outbox"],
         json!({"pending": 0, "oldest_pending_age_seconds": null, "failed": 0})
