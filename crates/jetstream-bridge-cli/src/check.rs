@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::context::GetStreamByNameErrorKind;
 use jetstream_bridge_config::{format_duration, parse_duration, Config};
+use jetstream_bridge_health::Health;
 use jetstream_bridge_pg::{MigrationState, Migrator};
 use jetstream_bridge_topology::{Connection, EnsureOptions, TopologySpec};
 use serde_json::json;
@@ -152,7 +153,28 @@ fn server_max_deliver(backoff: &[Duration], max_deliver: u32, durable: &str, f: 
     }
 }
 
+/// The health probe's verdict on the durable (server-side backoff, `ack_wait` not longer than
+/// the in-progress interval, push/pull mismatch), asked with the JetStream API allowed.
+async fn durable_problems(
+    connection: &Connection,
+    probe_config: Config,
+    spec: &TopologySpec,
+    progress: Option<Duration>,
+) -> Vec<String> {
+    Health::builder(probe_config, connection.client().clone())
+        .topology(spec.clone())
+        .progress_interval(progress)
+        .min_probe_interval(Duration::ZERO)
+        .stall_after(None)
+        .build()
+        .health_check()
+        .await
+        .consumer
+        .problems
+}
+
 async fn nats_checks(
+    global: &GlobalArgs,
     connection: &Connection,
     config: &Config,
     spec: &TopologySpec,
@@ -239,34 +261,17 @@ async fn nats_checks(
                     info.num_pending, info.num_ack_pending
                 ),
             );
-            if !c.backoff.is_empty() {
+            // What the consumer runtime cannot work with (the health probe's own rules).
+            let probe_config = global
+                .config_with(&[("JETSTREAM_DISABLE_JS_API", "false")])
+                .unwrap_or_else(|_| config.clone());
+            for problem in durable_problems(connection, probe_config, spec, progress).await {
                 f.add(
                     "nats",
                     format!("durable {durable}"),
                     Level::Problem,
-                    format!(
-                        "has a server-side backoff [{}]: the server then uses backoff[0] as the \
-                         ack wait instead of ack_wait {}; remove it (`ensure-topology \
-                         --update-drift`), the bridge applies backoff itself as NAK delays",
-                        durations(&c.backoff),
-                        format_duration(c.ack_wait)
-                    ),
+                    problem,
                 );
-            }
-            if let Some(p) = progress {
-                if c.ack_wait <= p {
-                    f.add(
-                        "nats",
-                        format!("durable {durable}"),
-                        Level::Problem,
-                        format!(
-                            "ack_wait {} on the server is not longer than the in-progress ack \
-                             interval {}: long handlers get their messages redelivered",
-                            format_duration(c.ack_wait),
-                            format_duration(p)
-                        ),
-                    );
-                }
             }
             if let Ok(max) = u32::try_from(c.max_deliver) {
                 if max != config.max_deliver() {
@@ -435,7 +440,7 @@ pub(crate) async fn run(args: CheckArgs, global: &GlobalArgs, out: &Out) -> Resu
                         Level::Ok,
                         format!("connected to {}", config.nats_urls()),
                     );
-                    nats_checks(&connection, &config, &spec, progress, &mut f).await;
+                    nats_checks(global, &connection, &config, &spec, progress, &mut f).await;
                 }
                 Err(e) => f.add("nats", "connection", Level::Problem, e.to_string()),
             }

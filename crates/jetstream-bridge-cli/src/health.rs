@@ -86,6 +86,21 @@ fn print_report(report: &HealthReport, out: &Out) {
             ),
         ),
     ];
+    for problem in &report.consumer.problems {
+        fields.push(("consumer problem", problem.clone()));
+    }
+    if let Some(db) = &report.database {
+        fields.push((
+            "database",
+            match &db.error {
+                Some(e) => format!("error: {e}"),
+                None if !db.missing_tables.is_empty() => {
+                    format!("missing tables: {}", db.missing_tables.join(", "))
+                }
+                None => format!("reachable, tables present: {}", db.tables.join(", ")),
+            },
+        ));
+    }
     if let Some(dlq) = &report.dlq {
         fields.push((
             "dlq",
@@ -139,7 +154,7 @@ pub(crate) async fn run(args: HealthArgs, global: &GlobalArgs, out: &Out) -> Res
         .min_probe_interval(Duration::ZERO)
         .probe_timeout(args.probe_timeout)
         .stall_after(None);
-    if config.use_outbox() {
+    if config.use_outbox() || config.use_inbox() {
         if let Ok(url) = global.database_url() {
             builder = builder.pool(connect::pool(&url, 2)?);
         }

@@ -88,7 +88,13 @@ impl GlobalArgs {
 
     /// The configuration (`ConfigBuilder::from_env` with the flags applied).
     pub(crate) fn config(&self) -> Result<Config, CliError> {
-        let overrides = self.overrides();
+        self.config_with(&[])
+    }
+
+    /// [`config`](Self::config) with some variables set to other values.
+    pub(crate) fn config_with(&self, extra: &[(&'static str, &str)]) -> Result<Config, CliError> {
+        let mut overrides = self.overrides();
+        overrides.extend(extra.iter().map(|(k, v)| (*k, (*v).to_owned())));
         ConfigBuilder::from_env_with(|name| {
             overrides
                 .get(name)

@@ -72,7 +72,9 @@ pub async fn run(config: &Config, pool: Pool) -> Result<EventId, BoxError> {
     println!("order committed with event {event_id}");
 
     let nats = jetstream_bridge::connect(config).await?;
-    let relay = Relay::builder(config, nats.jetstream(), pool).build()?.spawn();
+    let relay = Relay::builder(config, nats.jetstream(), pool)
+        .build()?
+        .spawn();
     let mut stats = relay.stats();
     tokio::time::timeout(Duration::from_secs(30), stats.wait_for(|s| s.sent >= 1))
         .await

@@ -35,7 +35,11 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 struct ApplyEvents;
 
 impl InboxHandler for ApplyEvents {
-    async fn handle(&self, event: &Event, conn: &mut AsyncPgConnection) -> Result<(), HandlerError> {
+    async fn handle(
+        &self,
+        event: &Event,
+        conn: &mut AsyncPgConnection,
+    ) -> Result<(), HandlerError> {
         match event.envelope.event_type.as_str() {
             "order.created" => {
                 let total = event.envelope.payload["total_cents"]

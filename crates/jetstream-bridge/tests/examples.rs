@@ -47,7 +47,14 @@ fn worker_child() {
     runtime.block_on(worker::run()).unwrap();
 }
 
-fn vars(t: &TestNats, env: &str, stream: &str, app: &str, dest: &str, db: &TestDb) -> Vec<(String, String)> {
+fn vars(
+    t: &TestNats,
+    env: &str,
+    stream: &str,
+    app: &str,
+    dest: &str,
+    db: &TestDb,
+) -> Vec<(String, String)> {
     [
         ("NATS_URLS", t.url()),
         ("NATS_ENV", env),
@@ -80,7 +87,9 @@ struct N {
 async fn get(addr: &str, path: &str) -> String {
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     stream
-        .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
         .await
         .unwrap();
     let mut response = String::new();
