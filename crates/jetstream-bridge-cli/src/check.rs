@@ -3,12 +3,10 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::context::GetStreamByNameErrorKind;
 use jetstream_bridge_config::{format_duration, parse_duration, Config};
-use jetstream_bridge_health::Health;
 use jetstream_bridge_pg::{MigrationState, Migrator};
-use jetstream_bridge_topology::{Connection, EnsureOptions, TopologySpec};
-use serde_json::json;
+use jetstream_bridge_topology::{Connection, EnsureOptions, StreamCheck, TopologySpec};
+use serde_json::{json, Value};
 
 use crate::connect::{self, INBOX_TABLE, OUTBOX_TABLE};
 use crate::error::{chain, CliError, CliErrorKind};
@@ -136,180 +134,112 @@ fn durations(d: &[Duration]) -> String {
         .join(", ")
 }
 
-/// The durable on the server delivers at most `max_deliver` times (it wins over the
-/// configuration): the delays of `backoff` past `max_deliver - 1` never apply.
-fn server_max_deliver(backoff: &[Duration], max_deliver: u32, durable: &str, f: &mut Findings) {
-    let used = usize::try_from(max_deliver.saturating_sub(1)).unwrap_or(usize::MAX);
-    if let Some(unused) = backoff.get(used..).filter(|u| !u.is_empty()) {
+fn stream_finding(area: &'static str, what: &str, s: &StreamCheck, f: &mut Findings) {
+    let item = format!("{what} {}", s.name);
+    if !s.present {
         f.add(
-            "nats",
-            format!("durable {durable}"),
-            Level::Warning,
+            area,
+            item,
+            Level::Problem,
+            "missing: run `jetstream-bridge ensure-topology`",
+        );
+    } else if s.missing_subjects.is_empty() {
+        f.add(
+            area,
+            item,
+            Level::Ok,
+            format!("present ({})", s.subjects.join(", ")),
+        );
+    } else {
+        f.add(
+            area,
+            item,
+            Level::Problem,
             format!(
-                "max_deliver is {max_deliver} on the server (it wins over the configuration):                  the backoff delays {} never apply",
-                durations(unused)
+                "present but lacks {}: run `jetstream-bridge ensure-topology`",
+                s.missing_subjects.join(", ")
             ),
         );
     }
 }
 
-/// The health probe's verdict on the durable (server-side backoff, `ack_wait` not longer than
-/// the in-progress interval, push/pull mismatch), asked with the JetStream API allowed.
-async fn durable_problems(
-    connection: &Connection,
-    probe_config: Config,
-    spec: &TopologySpec,
-    progress: Option<Duration>,
-) -> Vec<String> {
-    Health::builder(probe_config, connection.client().clone())
-        .topology(spec.clone())
-        .progress_interval(progress)
-        .min_probe_interval(Duration::ZERO)
-        .stall_after(None)
-        .build()
-        .health_check()
-        .await
-        .consumer
-        .problems
-}
-
+/// The stream, DLQ stream and durable against what this service needs
+/// (`jetstream_bridge_topology::check`: presence, missing subjects, drift, a durable that
+/// cannot work, overlaps, layouts that lose data). Returns the report for `--json`.
 async fn nats_checks(
-    global: &GlobalArgs,
     connection: &Connection,
-    config: &Config,
     spec: &TopologySpec,
     progress: Option<Duration>,
     f: &mut Findings,
-) {
-    let js = connection.jetstream();
-    // The main stream.
-    match js.get_stream(spec.stream_name()).await {
-        Ok(mut stream) => match stream.info().await {
-            Ok(info) => {
-                let missing: Vec<&str> = spec
-                    .main_stream_subjects()
-                    .into_iter()
-                    .filter(|s| !info.config.subjects.iter().any(|have| have == s))
-                    .collect();
-                if missing.is_empty() {
-                    f.add(
-                        "nats",
-                        format!("stream {}", spec.stream_name()),
-                        Level::Ok,
-                        format!("present, {} messages", info.state.messages),
-                    );
-                } else {
-                    f.add(
-                        "nats",
-                        format!("stream {}", spec.stream_name()),
-                        Level::Problem,
-                        format!(
-                            "present but lacks subject(s) {}: run `jetstream-bridge ensure-topology`",
-                            missing.join(", ")
-                        ),
-                    );
-                }
-            }
-            Err(e) => f.add(
-                "nats",
-                format!("stream {}", spec.stream_name()),
-                Level::Problem,
-                chain(&e),
-            ),
-        },
-        Err(e) => f.add(
-            "nats",
-            format!("stream {}", spec.stream_name()),
-            Level::Problem,
-            if e.to_string().contains("not found") {
-                "missing: run `jetstream-bridge ensure-topology`".to_owned()
-            } else {
-                chain(&e)
-            },
-        ),
-    }
-    // The DLQ stream: whichever stream holds the DLQ subject.
-    if let Some(dlq) = spec.dlq_subject() {
-        match js.stream_by_subject(dlq).await {
-            Ok(name) => f.add("nats", format!("DLQ subject {dlq}"), Level::Ok, format!("in stream {name}")),
-            Err(e) if matches!(e.kind(), GetStreamByNameErrorKind::NotFound) => f.add(
-                "nats",
-                format!("DLQ subject {dlq}"),
-                Level::Problem,
-                "no stream holds it: dead letters cannot be stored; run `jetstream-bridge ensure-topology`",
-            ),
-            Err(e) => f.add("nats", format!("DLQ subject {dlq}"), Level::Problem, chain(&e)),
+) -> Option<Value> {
+    let options = EnsureOptions::new().progress_interval(progress);
+    let check = match connection.check(spec, &options).await {
+        Ok(check) => check,
+        Err(e) => {
+            f.add("nats", "topology", Level::Problem, chain(&e));
+            return None;
         }
+    };
+    stream_finding("nats", "stream", &check.stream, f);
+    if let Some(dlq) = &check.dlq_stream {
+        stream_finding("nats", "DLQ stream", dlq, f);
+    } else if let Some(subject) = spec.dlq_subject() {
+        f.add(
+            "nats",
+            format!("DLQ subject {subject}"),
+            Level::Info,
+            format!("in stream {} (main-stream placement)", spec.stream_name()),
+        );
     } else {
         f.add("nats", "DLQ", Level::Info, "off (use_dlq = false)");
     }
-    // The durable.
-    let durable = config.durable_name().as_str();
-    let info = match js.get_stream_no_info(spec.stream_name()).await {
-        Ok(stream) => stream.consumer_info(durable).await.map_err(|e| chain(&e)),
-        Err(e) => Err(chain(&e)),
-    };
-    match info {
-        Ok(info) => {
-            let c = &info.config;
+    if let Some(d) = &check.durable {
+        let item = format!("durable {}", d.name);
+        if !d.present {
             f.add(
                 "nats",
-                format!("durable {durable}"),
+                item.clone(),
+                Level::Problem,
+                "missing: run `jetstream-bridge ensure-topology`",
+            );
+        } else if d.drift.is_empty() {
+            f.add(
+                "nats",
+                item.clone(),
                 Level::Ok,
+                format!("present on {}", d.stream),
+            );
+        } else {
+            let fields: Vec<String> = d.drift.iter().map(ToString::to_string).collect();
+            f.add(
+                "nats",
+                item.clone(),
+                Level::Problem,
                 format!(
-                    "present, {} pending, {} ack pending",
-                    info.num_pending, info.num_ack_pending
+                    "differs from the configuration: {} (`ensure-topology --update-drift`)",
+                    fields.join(", ")
                 ),
             );
-            // What the consumer runtime cannot work with (the health probe's own rules).
-            let probe_config = global
-                .config_with(&[("JETSTREAM_DISABLE_JS_API", "false")])
-                .unwrap_or_else(|_| config.clone());
-            for problem in durable_problems(connection, probe_config, spec, progress).await {
-                f.add(
-                    "nats",
-                    format!("durable {durable}"),
-                    Level::Problem,
-                    problem,
-                );
-            }
-            if let Ok(max) = u32::try_from(c.max_deliver) {
-                if max != config.max_deliver() {
-                    server_max_deliver(config.backoff(), max, durable, f);
-                }
-            }
         }
-        Err(e) => f.add(
-            "nats",
-            format!("durable {durable}"),
-            Level::Problem,
-            if e.contains("not found") {
-                "missing: run `jetstream-bridge ensure-topology`".to_owned()
-            } else {
-                e
-            },
-        ),
-    }
-    // What provisioning would change or refuses (overlaps, drift, mismatches).
-    match connection.plan(spec, &EnsureOptions::new()).await {
-        Ok(plan) => {
-            for p in plan.problems() {
-                f.add("topology", "plan", Level::Problem, p.to_string());
-            }
-            for a in plan.actions() {
-                f.add(
-                    "topology",
-                    "ensure-topology would",
-                    Level::Problem,
-                    a.to_string(),
-                );
-            }
-            for n in plan.notes() {
-                f.add("topology", "note", Level::Info, n.to_string());
-            }
+        for issue in &d.issues {
+            f.add(
+                "nats",
+                item.clone(),
+                Level::Problem,
+                format!("cannot work: {issue}"),
+            );
         }
-        Err(e) => f.add("topology", "plan", Level::Problem, chain(&e)),
     }
+    for p in &check.problems {
+        f.add("topology", "problem", Level::Problem, p.to_string());
+    }
+    for w in &check.warnings {
+        f.add("topology", "warning", Level::Warning, w.to_string());
+    }
+    for n in &check.notes {
+        f.add("topology", "note", Level::Info, n.to_string());
+    }
+    serde_json::to_value(&check).ok()
 }
 
 async fn database_checks(global: &GlobalArgs, config: &Config, out: &Out, f: &mut Findings) {
@@ -411,6 +341,7 @@ async fn database_checks(global: &GlobalArgs, config: &Config, out: &Out, f: &mu
 
 pub(crate) async fn run(args: CheckArgs, global: &GlobalArgs, out: &Out) -> Result<(), CliError> {
     let mut f = Findings::default();
+    let mut topology = None;
     match global.config() {
         Ok(config) => {
             f.add(
@@ -440,7 +371,7 @@ pub(crate) async fn run(args: CheckArgs, global: &GlobalArgs, out: &Out) -> Resu
                         Level::Ok,
                         format!("connected to {}", config.nats_urls()),
                     );
-                    nats_checks(global, &connection, &config, &spec, progress, &mut f).await;
+                    topology = nats_checks(&connection, &spec, progress, &mut f).await;
                 }
                 Err(e) => f.add("nats", "connection", Level::Problem, e.to_string()),
             }
@@ -456,6 +387,7 @@ pub(crate) async fn run(args: CheckArgs, global: &GlobalArgs, out: &Out) -> Resu
             "ok": !failed,
             "problems": problems,
             "warnings": warnings,
+            "topology": topology,
             "findings": f.0.iter().map(|x| json!({
                 "area": x.area,
                 "item": x.item,

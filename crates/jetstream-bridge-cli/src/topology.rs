@@ -20,6 +20,10 @@ pub struct EnsureTopologyArgs {
     /// failing with a drift report.
     #[arg(long)]
     pub update_drift: bool,
+    /// Move DLQ subjects that store no dead letter out of the work-queue stream into the
+    /// separate DLQ stream (where a Ruby consumer's dead letters are not dropped).
+    #[arg(long)]
+    pub move_dlq_subjects: bool,
 }
 
 fn lines(text: &str) -> Vec<String> {
@@ -50,7 +54,9 @@ pub(crate) async fn run(
         spec.dlq_placement(),
     ));
     let connection = connect::nats(&config, out).await?;
-    let options = EnsureOptions::new().drift_policy(drift);
+    let options = EnsureOptions::new()
+        .drift_policy(drift)
+        .move_dlq_subjects(args.move_dlq_subjects);
     out.note("planning (reading every stream and the durable)");
     let plan = connection
         .plan(&spec, &options)

@@ -2,18 +2,19 @@
 //!
 //! Requests and answers are raw JSON (`serde_json::Value`) on purpose: an update sends back the
 //! server's own configuration with one field changed, so fields this client version does not
-//! model (or models behind cargo features, such as 2.10's `metadata` or `compression`) survive
-//! (lesson L-R16).
+//! model (or models behind cargo features, such as 2.10's `metadata` or `compression`)
+//! survive.
 
 use std::time::Duration;
 
 use async_nats::jetstream::context::RequestErrorKind;
 use async_nats::jetstream::response::Response;
 use async_nats::jetstream::{self, ErrorCode};
+use async_nats::{HeaderMap, Request};
 use serde_json::Value;
 
 use crate::error::{TopologyError, TopologyErrorKind};
-use crate::violations::PermissionViolations;
+use crate::violations::{PermissionViolations, Target};
 
 /// The JetStream API prefix used in messages (a context with a domain uses another one).
 pub(crate) const API_PREFIX: &str = "$JS.API";
@@ -27,6 +28,8 @@ pub(crate) enum ApiError {
         error: jetstream::Error,
     },
     Failed(TopologyError),
+    /// A publish no stream captures (no responders), already classified.
+    NoStream(TopologyError),
 }
 
 impl ApiError {
@@ -34,7 +37,7 @@ impl ApiError {
     pub(crate) fn code(&self) -> Option<ErrorCode> {
         match self {
             Self::JetStream { error, .. } => Some(error.error_code()),
-            Self::Failed(_) => None,
+            Self::Failed(_) | Self::NoStream(_) => None,
         }
     }
 
@@ -43,7 +46,7 @@ impl ApiError {
     /// error → [`Api`](TopologyErrorKind::Api).
     pub(crate) fn into_error(self) -> TopologyError {
         match self {
-            Self::Failed(e) => e,
+            Self::Failed(e) | Self::NoStream(e) => e,
             Self::JetStream { subject, error } => {
                 let code = error.error_code();
                 let kind = if code == ErrorCode::JETSTREAM_NOT_ENABLED
@@ -67,7 +70,7 @@ impl ApiError {
         message: impl FnOnce(&str) -> String,
     ) -> TopologyError {
         match self {
-            Self::Failed(e) => e,
+            Self::Failed(e) | Self::NoStream(e) => e,
             Self::JetStream { error, .. } => {
                 let code = error.error_code();
                 TopologyError::new(kind, message(&error.to_string()))
@@ -119,7 +122,7 @@ impl Api {
                 let mark = violations.mark();
                 tokio::select! {
                     result = request => result,
-                    violation = violations.wait_for(mark, suffix, &self.inbox_prefix) => {
+                    violation = violations.wait_for(mark, Target::Api(suffix), &self.inbox_prefix) => {
                         return Err(ApiError::Failed(permission_denied(violation)));
                     }
                 }
@@ -129,14 +132,86 @@ impl Api {
         match result {
             Ok(Response::Ok(value)) => Ok(value),
             Ok(Response::Err { error }) => Err(ApiError::JetStream { subject, error }),
-            Err(e) => Err(ApiError::Failed(self.request_failed(&subject, suffix, e))),
+            Err(e) => Err(ApiError::Failed(self.request_failed(
+                &subject,
+                Target::Api(suffix),
+                e,
+            ))),
+        }
+    }
+
+    /// Publishes `payload` with `headers` to a subject a stream captures (e.g. a lock entry)
+    /// and returns the PubAck. A JetStream error in the PubAck (e.g. 10071, wrong last
+    /// sequence) is [`ApiError::JetStream`]; no stream capturing the subject is
+    /// [`ApiError::NoStream`].
+    pub(crate) async fn publish(
+        &self,
+        subject: &str,
+        headers: HeaderMap,
+        payload: Vec<u8>,
+    ) -> Result<Value, ApiError> {
+        let mut request = Request::new().headers(headers).payload(payload.into());
+        if let Some(timeout) = self.timeout {
+            request = request.timeout(Some(timeout));
+        }
+        let client = self.js.client();
+        let send = client.send_request(subject.to_owned(), request);
+        let result = match &self.violations {
+            Some(violations) => {
+                let mark = violations.mark();
+                tokio::select! {
+                    result = send => result,
+                    violation = violations.wait_for(mark, Target::Subject(subject), &self.inbox_prefix) => {
+                        return Err(ApiError::Failed(permission_denied(violation)));
+                    }
+                }
+            }
+            None => send.await,
+        };
+        let message = match result {
+            Ok(message) => message,
+            Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
+                return Err(ApiError::NoStream(
+                    TopologyError::new(
+                        TopologyErrorKind::Api,
+                        format!("no stream captures `{subject}` (no responders)"),
+                    )
+                    .with_source(e),
+                ));
+            }
+            Err(e) => {
+                let kind = match e.kind() {
+                    async_nats::RequestErrorKind::TimedOut => RequestErrorKind::TimedOut,
+                    _ => RequestErrorKind::Other,
+                };
+                let error = async_nats::jetstream::context::RequestError::with_source(kind, e);
+                return Err(ApiError::Failed(self.request_failed(
+                    subject,
+                    Target::Subject(subject),
+                    error,
+                )));
+            }
+        };
+        match serde_json::from_slice::<Response<Value>>(&message.payload) {
+            Ok(Response::Ok(ack)) => Ok(ack),
+            Ok(Response::Err { error }) => Err(ApiError::JetStream {
+                subject: subject.to_owned(),
+                error,
+            }),
+            Err(e) => Err(ApiError::Failed(
+                TopologyError::new(
+                    TopologyErrorKind::Api,
+                    format!("unexpected answer to a publish to `{subject}`"),
+                )
+                .with_source(e),
+            )),
         }
     }
 
     fn request_failed(
         &self,
         subject: &str,
-        suffix: &str,
+        target: Target<'_>,
         error: async_nats::jetstream::context::RequestError,
     ) -> TopologyError {
         match error.kind() {
@@ -152,7 +227,7 @@ impl Api {
                 // A refusal reported just as the request timed out still names the subject.
                 if let Some(v) = self.violations.as_ref().and_then(|log| {
                     log.recent().into_iter().rev().find(|v| {
-                        v.subject.ends_with(&format!(".{suffix}"))
+                        target.matches(&v.subject)
                             || v.subject.starts_with(&format!("{}.", self.inbox_prefix))
                     })
                 }) {

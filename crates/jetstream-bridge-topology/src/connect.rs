@@ -61,6 +61,22 @@ impl Connection {
         ensure::plan(&self.jetstream(), spec, &options).await
     }
 
+    /// [`check`](crate::check) on this connection, with its permission log.
+    ///
+    /// # Errors
+    ///
+    /// As [`check`](crate::check).
+    pub async fn check(
+        &self,
+        spec: &TopologySpec,
+        options: &EnsureOptions,
+    ) -> Result<crate::TopologyCheck, TopologyError> {
+        let options = options
+            .clone()
+            .permission_violations(self.violations.clone());
+        crate::check(&self.jetstream(), spec, &options).await
+    }
+
     /// [`ensure_topology`](crate::ensure_topology) on this connection, with its permission log.
     ///
     /// # Errors
@@ -151,7 +167,7 @@ pub async fn connect_options(
 /// attempt `n` it waits `n ×` [`connect_retry_delay`](Config::connect_retry_delay), as the gem
 /// does. Every failure is retried (timeouts, refused connections, TLS and authorization
 /// errors alike: a server restarting may briefly refuse), and a failed attempt leaves no client
-/// behind (lesson L-R20).
+/// behind.
 ///
 /// The returned client reconnects on its own afterwards (async-nats' default, without limit).
 ///

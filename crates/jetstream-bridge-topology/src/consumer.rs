@@ -16,7 +16,7 @@ use crate::stream::{nanos, string_list, Applied};
 
 /// The consumer configuration provisioning sends: explicit ack, deliver all, replay instant,
 /// the filter, `max_deliver`, `ack_wait`, `max_ack_pending` when configured, push delivery for
-/// push mode, and never `backoff` (SPEC §2: the server would replace `ack_wait` with
+/// push mode, and never `backoff` (the server would replace `ack_wait` with
 /// `backoff[0]` and rejects `len(backoff) >= max_deliver`).
 pub(crate) fn desired_config(spec: &ConsumerSpec) -> Value {
     let mut config = json!({
@@ -337,7 +337,7 @@ pub(crate) async fn update(
                 .with_jetstream_code(code)
                 .with_source(error))
         }
-        Err(ApiError::Failed(e)) => Err(e),
+        Err(other) => Err(other.into_error()),
     }
 }
 
@@ -356,7 +356,7 @@ pub(crate) async fn update(
 /// placeholders (zero counters, the Unix epoch as creation time), not server data.
 ///
 /// If the durable does not exist, fetches get `404`/`409` status answers (not found) from the
-/// server: the runtime should report that as missing topology (lesson L-C5).
+/// server: the runtime should report that as missing topology.
 ///
 /// # Errors
 ///

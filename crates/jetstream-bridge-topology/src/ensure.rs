@@ -5,12 +5,15 @@ use std::fmt;
 use std::time::Duration;
 
 use async_nats::jetstream;
-use jetstream_bridge_config::{format_duration, ConsumerMode, NatsName};
+use jetstream_bridge_config::{
+    format_duration, subject_matches, subjects_overlap, ConsumerMode, NatsName,
+};
 use rand::Rng as _;
 
 use crate::api::Api;
 use crate::consumer::{self, Existing};
-use crate::error::{ConsumerDrift, FieldDrift, Problem, TopologyError, TopologyErrorKind};
+use crate::error::{ConsumerDrift, FieldDrift, Problem, TopologyError, TopologyErrorKind, Warning};
+use crate::lock;
 use crate::spec::{DlqPlacement, DriftPolicy, EnsureOptions, TopologySpec};
 use crate::stream::{self, Applied, StreamState, FILE, LIMITS, WORK_QUEUE};
 
@@ -79,6 +82,16 @@ pub enum PlannedAction {
         /// Push mode: the delivery subject and queue group.
         push: Option<(String, String)>,
     },
+    /// Move a DLQ subject that stores no message out of the work-queue stream into the
+    /// separate DLQ stream ([`EnsureOptions::move_dlq_subjects`]).
+    MoveDlqSubject {
+        /// The DLQ subject.
+        subject: String,
+        /// The work-queue stream it leaves.
+        from: String,
+        /// The DLQ stream it joins (created if missing).
+        to: String,
+    },
     /// Update the durable consumer in place ([`DriftPolicy::Update`]).
     UpdateConsumer {
         /// The stream.
@@ -146,6 +159,11 @@ impl fmt::Display for PlannedAction {
                     list(keep)
                 }
             ),
+            Self::MoveDlqSubject { subject, from, to } => write!(
+                f,
+                "move DLQ subject `{subject}` from stream `{from}` (no dead letters stored on \
+                 it) to DLQ stream `{to}`"
+            ),
             Self::CreateConsumer {
                 stream,
                 durable,
@@ -195,7 +213,7 @@ impl fmt::Display for PlannedAction {
 
 /// A setting of an existing stream that differs from the configuration but is left alone
 /// (provisioning changes only subjects).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
 pub struct Note {
     /// The stream.
@@ -221,11 +239,13 @@ impl fmt::Display for Note {
 
 /// What provisioning would do: the actions in order, the problems that stop it, and notes.
 ///
-/// `Display` prints one line per action, problem and note, or `no changes`.
+/// `Display` prints one line per action, problem (`problem: `), warning (`warning: `) and note
+/// (`note: `), or `no changes`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct TopologyPlan {
     actions: Vec<PlannedAction>,
     problems: Vec<Problem>,
+    warnings: Vec<Warning>,
     notes: Vec<Note>,
 }
 
@@ -241,6 +261,14 @@ impl TopologyPlan {
     #[must_use]
     pub fn problems(&self) -> &[Problem] {
         &self.problems
+    }
+
+    /// Layouts provisioning leaves as they are but that lose data unless someone acts (e.g. a
+    /// Ruby consumer's dead letters dropped as duplicates); they do not make
+    /// [`ensure_topology`] fail.
+    #[must_use]
+    pub fn warnings(&self) -> &[Warning] {
+        &self.warnings
     }
 
     /// Settings of existing streams that differ from the configuration and are kept.
@@ -287,6 +315,9 @@ impl fmt::Display for TopologyPlan {
         for p in &self.problems {
             line(f, "problem: ", p)?;
         }
+        for w in &self.warnings {
+            line(f, "warning: ", w)?;
+        }
         for n in &self.notes {
             line(f, "note: ", n)?;
         }
@@ -296,10 +327,12 @@ impl fmt::Display for TopologyPlan {
 
 /// What [`ensure_topology`] did.
 ///
-/// `Display` prints one line per applied action, or `no changes`.
+/// `Display` prints one line per applied action (or `no changes`), then one `warning: ` line
+/// per warning.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct TopologyReport {
     applied: Vec<PlannedAction>,
+    warnings: Vec<Warning>,
     notes: Vec<Note>,
     rounds: u32,
 }
@@ -318,6 +351,13 @@ impl TopologyReport {
         self.applied.is_empty()
     }
 
+    /// What the final plan warned about (see [`TopologyPlan::warnings`]); each is also logged
+    /// at `warn` level.
+    #[must_use]
+    pub fn warnings(&self) -> &[Warning] {
+        &self.warnings
+    }
+
     /// Settings of existing streams that differ from the configuration and were kept.
     #[must_use]
     pub fn notes(&self) -> &[Note] {
@@ -332,15 +372,19 @@ impl TopologyReport {
 }
 
 impl fmt::Display for TopologyReport {
+    /// One line per applied action (or `no changes`), then one `warning: ` line per warning.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.applied.is_empty() {
-            return f.write_str("no changes");
+            f.write_str("no changes")?;
         }
         for (i, a) in self.applied.iter().enumerate() {
             if i > 0 {
                 writeln!(f)?;
             }
             write!(f, "{a}")?;
+        }
+        for w in &self.warnings {
+            write!(f, "\nwarning: {w}")?;
         }
         Ok(())
     }
@@ -462,14 +506,50 @@ fn plan_stream(
     }
 }
 
-/// Computes the plan from the current server state. Makes only read calls:
-/// `STREAM.LIST` (all pages) and `CONSUMER.INFO.<stream>.<durable>`.
-async fn compute_plan(
+/// What the server holds that provisioning looks at.
+pub(crate) struct Survey {
+    /// Every stream of the account.
+    pub(crate) streams: Vec<StreamState>,
+    /// The durable's configuration (`None`: the spec provisions no consumer).
+    pub(crate) consumer: Option<Existing>,
+}
+
+impl Survey {
+    pub(crate) fn stream(&self, name: &str) -> Option<&StreamState> {
+        self.streams.iter().find(|s| s.name == name)
+    }
+}
+
+/// The warning for a peer DLQ subject the main stream captures along with the source subject.
+fn dead_letter_warning(spec: &TopologySpec, main: &StreamState) -> Option<Warning> {
+    let peer = spec.peer_dlq.as_deref()?;
+    if !main.covers(&spec.source) {
+        return None;
+    }
+    let stream_subject = main
+        .subjects
+        .iter()
+        .find(|s| subject_matches(s, peer))?
+        .clone();
+    Some(Warning::DeadLettersDropped {
+        stream: main.name.clone(),
+        source_subject: spec.source.clone(),
+        dlq_subject: peer.to_owned(),
+        stream_subject,
+        dlq_stream: spec.uses_dlq_stream().then(|| spec.dlq_stream.clone()),
+    })
+}
+
+/// Computes the plan from the current server state. Makes only read calls: `STREAM.LIST`
+/// (all pages), `CONSUMER.INFO.<stream>.<durable>`, and with
+/// [`EnsureOptions::move_dlq_subjects`] `STREAM.INFO.<stream>` to count stored dead letters.
+pub(crate) async fn compute_plan(
     api: &Api,
     spec: &TopologySpec,
-    drift_policy: DriftPolicy,
-) -> Result<TopologyPlan, TopologyError> {
+    options: &EnsureOptions,
+) -> Result<(TopologyPlan, Survey), TopologyError> {
     check_names(spec)?;
+    options.lock.check()?;
     let streams = stream::list_streams(api).await?;
     let find = |name: &str| streams.iter().find(|s| s.name == name);
     let main = find(&spec.stream);
@@ -478,6 +558,8 @@ async fn compute_plan(
         .then(|| find(&spec.dlq_stream))
         .flatten();
     let mut plan = TopologyPlan::default();
+    // DLQ subjects to move out of the main stream (`move_dlq_subjects`).
+    let mut moves: Vec<&str> = Vec::new();
 
     // Overlap guard: every desired subject against every subject of every other stream.
     let main_desired = spec.main_stream_subjects();
@@ -496,37 +578,89 @@ async fn compute_plan(
             overlaps.push(Problem::SubjectOverlap(conflict));
         }
     }
-    let dlq_desired: Vec<&str> = match (&spec.dlq, spec.uses_dlq_stream()) {
-        (Some(dlq), true) => vec![dlq.as_str()],
-        _ => Vec::new(),
-    };
-    for conflict in stream::overlaps(&spec.dlq_stream, &dlq_desired, &streams) {
-        if conflict.other_stream == spec.stream {
-            placement.push(Problem::DlqPlacement {
+    let mut dlq_desired: Vec<&str> = Vec::new();
+    if let (Some(dlq), true) = (spec.dlq.as_deref(), spec.uses_dlq_stream()) {
+        let (in_main, elsewhere): (Vec<_>, Vec<_>) =
+            stream::overlaps(&spec.dlq_stream, &[dlq], &streams)
+                .into_iter()
+                .partition(|c| c.other_stream == spec.stream);
+        overlaps.extend(elsewhere.into_iter().map(Problem::SubjectOverlap));
+        if in_main.is_empty() {
+            dlq_desired.push(dlq);
+        } else if options.move_dlq_subjects && in_main.iter().all(|c| c.other_subject == dlq) {
+            moves.push(dlq);
+        } else {
+            placement.extend(in_main.into_iter().map(|conflict| Problem::DlqPlacement {
                 subject: conflict.subject,
                 stream: conflict.other_stream,
                 stream_subject: conflict.other_subject,
                 placement: DlqPlacement::SeparateStream,
-            });
-        } else {
-            overlaps.push(Problem::SubjectOverlap(conflict));
+            }));
         }
+    }
+    if let Some(peer) = spec.claimed_peer_dlq() {
+        let holders: Vec<(&str, &str)> = streams
+            .iter()
+            .flat_map(|s| {
+                s.subjects
+                    .iter()
+                    .filter(|x| subjects_overlap(x, peer))
+                    .map(move |x| (s.name.as_str(), x.as_str()))
+            })
+            .collect();
+        if holders.is_empty() {
+            dlq_desired.push(peer);
+        } else if options.move_dlq_subjects
+            && holders
+                .iter()
+                .all(|(name, x)| *name == spec.stream && *x == peer)
+        {
+            moves.push(peer);
+        }
+        // Held by another stream (the DLQ stream, or a stream of the operator's): left alone.
     }
     plan.problems.extend(overlaps);
 
     plan_stream(spec, StreamRole::Main, main, &main_desired, &mut plan);
-    if spec.uses_dlq_stream() {
+    if spec.uses_dlq_stream() && (dlq_stream.is_some() || !dlq_desired.is_empty()) {
         plan_stream(spec, StreamRole::Dlq, dlq_stream, &dlq_desired, &mut plan);
     }
     // Order: overlaps, stream mismatches (pushed by plan_stream), DLQ placement, drift.
     plan.problems.extend(placement);
 
+    for subject in moves {
+        let messages = stream::stored_on(api, &spec.stream, subject).await?;
+        if messages == 0 {
+            plan.actions.push(PlannedAction::MoveDlqSubject {
+                subject: subject.to_owned(),
+                from: spec.stream.clone(),
+                to: spec.dlq_stream.clone(),
+            });
+        } else {
+            plan.problems.push(Problem::DlqNotEmpty {
+                subject: subject.to_owned(),
+                stream: spec.stream.clone(),
+                messages,
+            });
+        }
+    }
+    if let Some(warning) = main.and_then(|m| dead_letter_warning(spec, m)) {
+        let moving = plan.actions.iter().any(|a| {
+            matches!(a, PlannedAction::MoveDlqSubject { subject, .. }
+                if Some(subject.as_str()) == spec.peer_dlq.as_deref())
+        });
+        if !moving {
+            plan.warnings.push(warning);
+        }
+    }
+
+    let mut consumer_state = None;
     if let Some(c) = &spec.consumer {
         let existing = match main {
             Some(_) => consumer::read(api, &spec.stream, &c.durable).await?,
             None => Existing::Absent,
         };
-        match existing {
+        match &existing {
             Existing::Absent => plan.actions.push(PlannedAction::CreateConsumer {
                 stream: spec.stream.clone(),
                 durable: c.durable.clone(),
@@ -539,9 +673,9 @@ async fn compute_plan(
                     .then(|| (c.deliver_subject.clone(), c.deliver_group.clone())),
             }),
             Existing::Present(config) => {
-                let fields = consumer::compare(c, &config);
+                let fields = consumer::compare(c, config);
                 if !fields.is_empty() {
-                    match drift_policy {
+                    match options.drift {
                         DriftPolicy::Update => plan.actions.push(PlannedAction::UpdateConsumer {
                             stream: spec.stream.clone(),
                             durable: c.durable.clone(),
@@ -559,8 +693,15 @@ async fn compute_plan(
                 }
             }
         }
+        consumer_state = Some(existing);
     }
-    Ok(plan)
+    Ok((
+        plan,
+        Survey {
+            streams,
+            consumer: consumer_state,
+        },
+    ))
 }
 
 /// Computes what [`ensure_topology`] would do, changing nothing (a dry run).
@@ -584,7 +725,9 @@ pub async fn plan(
     options: &EnsureOptions,
 ) -> Result<TopologyPlan, TopologyError> {
     let api = Api::new(js, options.violations.clone(), options.request_timeout);
-    compute_plan(&api, spec, options.drift).await
+    compute_plan(&api, spec, options)
+        .await
+        .map(|(plan, _)| plan)
 }
 
 /// Creates or extends the streams and creates (or, with [`DriftPolicy::Update`], updates) the
@@ -639,7 +782,7 @@ pub async fn ensure_topology(
     let mut server_overlap: Option<TopologyError> = None;
     for round in 1..=options.max_rounds {
         report.rounds = round;
-        let plan = compute_plan(&api, spec, options.drift).await?;
+        let (plan, _) = compute_plan(&api, spec, options).await?;
         plan.check()?;
         if let Some(e) = server_overlap.take() {
             // The server refused subjects for an overlap the guard did not see (e.g. a stream
@@ -647,17 +790,21 @@ pub async fn ensure_topology(
             return Err(e);
         }
         report.notes = plan.notes.clone();
+        report.warnings = plan.warnings.clone();
         if plan.actions.is_empty() {
+            for warning in &report.warnings {
+                tracing::warn!(%warning, "topology warning");
+            }
             return Ok(report);
         }
         for action in plan.actions {
-            let applied = apply(&api, spec, &action).await?;
+            let applied = apply(&api, spec, options, &action).await?;
             match applied {
                 Applied::Done => {
                     tracing::info!(%action, "topology changed");
                     report.applied.push(action);
                 }
-                Applied::Raced => {
+                Applied::Raced | Applied::Missing => {
                     tracing::debug!(%action, "concurrent change, planning again");
                     pause(round).await;
                     break;
@@ -689,6 +836,7 @@ async fn pause(round: u32) {
 async fn apply(
     api: &Api,
     spec: &TopologySpec,
+    options: &EnsureOptions,
     action: &PlannedAction,
 ) -> Result<Applied, TopologyError> {
     match action {
@@ -705,7 +853,47 @@ async fn apply(
             stream::create(api, stream, &config).await
         }
         PlannedAction::AddStreamSubjects { stream, add, .. } => {
-            stream::add_subjects(api, stream, add).await
+            lock::locked(
+                api,
+                &options.lock,
+                stream,
+                spec.replicas,
+                stream::add_subjects(api, stream, add),
+            )
+            .await
+        }
+        PlannedAction::MoveDlqSubject { subject, from, to } => {
+            let removal = lock::locked(
+                api,
+                &options.lock,
+                from,
+                spec.replicas,
+                stream::remove_empty_subject(api, from, subject),
+            )
+            .await?;
+            if !removal {
+                return Ok(Applied::Raced);
+            }
+            tracing::info!(%subject, stream = %from, "DLQ subject removed from the work-queue stream");
+            let add = std::slice::from_ref(subject);
+            let added = lock::locked(
+                api,
+                &options.lock,
+                to,
+                spec.replicas,
+                stream::add_subjects(api, to, add),
+            )
+            .await?;
+            match added {
+                Applied::Missing => {
+                    match stream::create(api, to, &stream::dlq_stream_config(spec, add)).await? {
+                        Applied::Raced => Ok(Applied::Raced),
+                        other => Ok(other),
+                    }
+                }
+                Applied::Raced => Ok(Applied::Done),
+                other => Ok(other),
+            }
         }
         PlannedAction::CreateConsumer { stream, .. } => match &spec.consumer {
             Some(c) => consumer::create(api, stream, c).await,

@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use serde::Serialize;
+
 use crate::spec::DlqPlacement;
 use crate::violations::PermissionViolation;
 
@@ -205,7 +207,12 @@ impl std::error::Error for TopologyError {
 }
 
 /// Something the plan found that provisioning must not paper over.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// Serialised (for JSON reports) as an object with `"kind"` naming the variant in snake case
+/// (`subject_overlap`, `stream_mismatch`, `dlq_placement`, `dlq_not_empty`, `consumer_drift`)
+/// beside the variant's fields.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Problem {
     /// A desired subject overlaps a subject of another stream.
@@ -232,6 +239,17 @@ pub enum Problem {
         /// The placement that was asked for.
         placement: DlqPlacement,
     },
+    /// A DLQ subject that should move out of the work-queue stream
+    /// ([`EnsureOptions::move_dlq_subjects`](crate::EnsureOptions::move_dlq_subjects)) has dead
+    /// letters stored there; moving the subject would strand them.
+    DlqNotEmpty {
+        /// The DLQ subject.
+        subject: String,
+        /// The work-queue stream holding it.
+        stream: String,
+        /// How many messages on it the stream stores.
+        messages: u64,
+    },
     /// The durable consumer differs from the configuration.
     ConsumerDrift(ConsumerDrift),
 }
@@ -243,7 +261,7 @@ impl Problem {
         match self {
             Self::SubjectOverlap(_) => TopologyErrorKind::SubjectOverlap,
             Self::StreamMismatch { .. } => TopologyErrorKind::StreamMismatch,
-            Self::DlqPlacement { .. } => TopologyErrorKind::DlqPlacement,
+            Self::DlqPlacement { .. } | Self::DlqNotEmpty { .. } => TopologyErrorKind::DlqPlacement,
             Self::ConsumerDrift(_) => TopologyErrorKind::ConsumerDrift,
         }
     }
@@ -273,8 +291,9 @@ impl fmt::Display for Problem {
                     f,
                     "DLQ subject `{subject}` is already in stream `{stream}` (as `{stream_subject}`), \
                      the Ruby gem's layout; keep it there with DLQ placement `main-stream` \
-                     (`DlqPlacement::MainStream`, `--dlq-placement main-stream`), or remove it \
-                     from `{stream}` to move dead letters to a separate, browsable stream"
+                     (`DlqPlacement::MainStream`, `--dlq-placement main-stream`), or move it \
+                     to a separate, browsable stream (`EnsureOptions::move_dlq_subjects`, \
+                     `--move-dlq-subjects`; it must store no dead letter in `{stream}`)"
                 ),
                 DlqPlacement::MainStream => write!(
                     f,
@@ -284,13 +303,92 @@ impl fmt::Display for Problem {
                      remove it from `{stream}` to put dead letters in the main stream"
                 ),
             },
+            Self::DlqNotEmpty {
+                subject,
+                stream,
+                messages,
+            } => write!(
+                f,
+                "cannot move DLQ subject `{subject}` out of stream `{stream}`: {messages} dead \
+                 letter{} stored there on it would be stranded; read them (a consumer filtered \
+                 on `{subject}`) or purge them (`nats stream purge {stream} --subject \
+                 {subject}`), then provision again",
+                if *messages == 1 { " is" } else { "s are" }
+            ),
             Self::ConsumerDrift(d) => d.fmt(f),
         }
     }
 }
 
+/// Something provisioning leaves as it is but that loses data unless someone acts on it.
+///
+/// Serialised like [`Problem`], with `"kind"` (`dead_letters_dropped`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Warning {
+    /// A work-queue stream captures both a subject this service publishes (with the canonical
+    /// `Nats-Msg-Id` header, which the outbox always sets) and the DLQ subject of the service
+    /// consuming it. A consumer running the Ruby gem (7.x) dead-letters by copying the
+    /// original's headers, `Nats-Msg-Id` included: the server drops that copy as a duplicate of
+    /// the original, and the gem acks the original, so the event is lost. (The bridge's own
+    /// consumer gives dead letters a msg-id of their own and is not affected.)
+    DeadLettersDropped {
+        /// The stream capturing both subjects.
+        stream: String,
+        /// The subject this service publishes.
+        source_subject: String,
+        /// The consuming service's DLQ subject.
+        dlq_subject: String,
+        /// The stream's subject (pattern) that captures the DLQ subject.
+        stream_subject: String,
+        /// Where the DLQ subject should go instead (the separate DLQ stream), if there is one.
+        dlq_stream: Option<String>,
+    },
+}
+
+impl fmt::Display for Warning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::DeadLettersDropped {
+                stream,
+                source_subject,
+                dlq_subject,
+                stream_subject,
+                dlq_stream,
+            } => {
+                let captured = if stream_subject == dlq_subject {
+                    String::new()
+                } else {
+                    format!(" (as `{stream_subject}`)")
+                };
+                write!(
+                    f,
+                    "stream `{stream}` captures both `{source_subject}`, published with \
+                     `Nats-Msg-Id`, and the DLQ subject `{dlq_subject}`{captured} of its \
+                     consumer: if that consumer runs the Ruby gem, its dead letters copy the \
+                     header, the server drops them as duplicates and the gem acks the \
+                     originals, so they are lost; "
+                )?;
+                match dlq_stream {
+                    Some(dlq_stream) if stream_subject == dlq_subject => write!(
+                        f,
+                        "move `{dlq_subject}` to the DLQ stream `{dlq_stream}` \
+                         (`EnsureOptions::move_dlq_subjects`)"
+                    ),
+                    _ => write!(
+                        f,
+                        "put `{dlq_subject}` into a stream of its own (see the DLQ placement \
+                         section of docs/TOPOLOGY.md)"
+                    ),
+                }
+            }
+        }
+    }
+}
+
 /// One overlap between a subject this service needs and a subject of another stream.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct OverlapConflict {
     /// The stream the subject was meant for.
@@ -314,7 +412,7 @@ impl fmt::Display for OverlapConflict {
 }
 
 /// How a durable consumer on the server differs from the configuration.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct ConsumerDrift {
     /// The stream.
@@ -355,7 +453,7 @@ impl fmt::Display for ConsumerDrift {
 }
 
 /// One consumer field that differs.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct FieldDrift {
     /// The field name as in the JetStream consumer configuration (`max_deliver`, `ack_wait` …).

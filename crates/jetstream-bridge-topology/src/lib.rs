@@ -2,14 +2,17 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod api;
+mod check;
 mod connect;
 mod consumer;
 mod ensure;
 mod error;
+mod lock;
 mod spec;
 mod stream;
 mod violations;
 
+pub use check::{check, DurableCheck, DurableIssue, StreamCheck, TopologyCheck};
 pub use connect::{connect, connect_options, server_urls, Connection};
 pub use consumer::bind_pull_consumer;
 pub use ensure::{
@@ -17,8 +20,9 @@ pub use ensure::{
 };
 pub use error::{
     BoxError, ConsumerDrift, FieldDrift, OverlapConflict, Problem, Result, TopologyError,
-    TopologyErrorKind,
+    TopologyErrorKind, Warning,
 };
+pub use lock::{DEFAULT_LOCK_BUCKET, DEFAULT_LOCK_TTL};
 pub use spec::{
     DlqPlacement, DriftPolicy, EnsureOptions, TopologySpec, UnknownNameError, DEFAULT_DLQ_MAX_AGE,
     DLQ_STREAM_SUFFIX,

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use jetstream_bridge_config::{Config, ConsumerMode};
 
+use crate::lock::LockSettings;
 use crate::violations::PermissionViolations;
 
 /// How long dead letters are kept in a [`DlqPlacement::SeparateStream`] DLQ stream unless set
@@ -21,13 +22,17 @@ pub const DLQ_STREAM_SUFFIX: &str = "-dlq";
 /// A subject can belong to one stream only, so both services of a pair must agree with what
 /// is already on the server; provisioning detects a mismatch and says how to switch
 /// ([`TopologyErrorKind::DlqPlacement`](crate::TopologyErrorKind::DlqPlacement)).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
 #[non_exhaustive]
 pub enum DlqPlacement {
     /// The default: a limits-retention stream `{stream}-dlq` (file storage, `max_age`
     /// [`DEFAULT_DLQ_MAX_AGE`], optional `max_msgs`) holding the DLQ subjects. Dead letters
     /// stay there until they expire, so they can be browsed by any number of consumers and
-    /// replayed; the two services of a pair share this stream, each adding its own DLQ subject.
+    /// replayed; the two services of a pair share this stream. Each side also claims the
+    /// peer's DLQ subject there while no stream holds it (see
+    /// [`TopologySpec::with_peer_dlq_claim`]), so that a Ruby peer's dead letters never land in
+    /// the work-queue stream where the server would drop them as duplicates.
     #[default]
     SeparateStream,
     /// The Ruby gem's layout: the DLQ subject is a subject of the main work-queue stream. Use it
@@ -94,7 +99,7 @@ pub enum DriftPolicy {
     Report,
     /// Update the consumer in place where the server allows it (e.g. `max_deliver`,
     /// `ack_wait`, `max_ack_pending`), then verify it again. A consumer is never deleted and
-    /// recreated: that would lose its delivery and ack state (lesson L-C27).
+    /// recreated: that would lose its delivery and ack state.
     Update,
 }
 
@@ -129,6 +134,8 @@ pub struct TopologySpec {
     pub(crate) source: String,
     pub(crate) destination: String,
     pub(crate) dlq: Option<String>,
+    pub(crate) peer_dlq: Option<String>,
+    pub(crate) claim_peer_dlq: bool,
     pub(crate) dlq_placement: DlqPlacement,
     pub(crate) dlq_stream: String,
     pub(crate) dlq_max_age: Duration,
@@ -164,7 +171,10 @@ impl TopologySpec {
     ///   [`delivery_subject`](jetstream_bridge_config::Subjects::delivery_subject) with queue
     ///   group [`push_group`](jetstream_bridge_config::Subjects::push_group)), explicit ack,
     ///   deliver all, filter = the destination subject, `max_deliver`, `ack_wait` and
-    ///   `max_ack_pending` from the config, and no server-side `backoff` (SPEC §2).
+    ///   `max_ack_pending` from the config, and no server-side `backoff`;
+    /// - with [`use_dlq`](Config::use_dlq) and the separate DLQ stream, the peer's DLQ subject
+    ///   ([`peer_dlq`](jetstream_bridge_config::Subjects::peer_dlq)) claimed in the DLQ stream
+    ///   while no stream holds it ([`with_peer_dlq_claim`](Self::with_peer_dlq_claim)).
     #[must_use]
     pub fn from_config(config: &Config) -> Self {
         let s = config.subjects();
@@ -175,6 +185,8 @@ impl TopologySpec {
             source: s.source().as_str().to_owned(),
             destination: s.destination().as_str().to_owned(),
             dlq: config.use_dlq().then(|| s.dlq().as_str().to_owned()),
+            peer_dlq: (s.peer_dlq() != s.dlq()).then(|| s.peer_dlq().as_str().to_owned()),
+            claim_peer_dlq: true,
             dlq_placement: DlqPlacement::default(),
             dlq_max_age: DEFAULT_DLQ_MAX_AGE,
             dlq_max_msgs: None,
@@ -197,6 +209,23 @@ impl TopologySpec {
     #[must_use]
     pub fn with_dlq_placement(mut self, placement: DlqPlacement) -> Self {
         self.dlq_placement = placement;
+        self
+    }
+
+    /// Whether to claim the peer's DLQ subject in the separate DLQ stream while no stream holds
+    /// it (default `true`; only with [`DlqPlacement::SeparateStream`]).
+    ///
+    /// The Ruby gem (7.x) puts its DLQ subject into the work-queue stream when it provisions,
+    /// and dead-letters by copying the original's headers, including the `Nats-Msg-Id` our
+    /// publishers set: in the same stream the server drops that copy as a duplicate, and the
+    /// gem acks the original, so the event is lost. Claimed first in the DLQ stream, the gem's
+    /// provisioning leaves the subject there (its overlap guard skips subjects other streams
+    /// hold) and its dead letters are stored. A subject any stream already holds is never
+    /// claimed; [`TopologyPlan::warnings`](crate::TopologyPlan::warnings) reports the lossy
+    /// layout instead.
+    #[must_use]
+    pub fn with_peer_dlq_claim(mut self, claim: bool) -> Self {
+        self.claim_peer_dlq = claim;
         self
     }
 
@@ -264,6 +293,22 @@ impl TopologySpec {
         self.dlq.as_deref()
     }
 
+    /// The peer's DLQ subject, `[{env}.]{dest}.sync.dlq`: where the service consuming this
+    /// one's events dead-letters them.
+    #[must_use]
+    pub fn peer_dlq_subject(&self) -> Option<&str> {
+        self.peer_dlq.as_deref()
+    }
+
+    /// The peer's DLQ subject when it is claimed in the DLQ stream (see
+    /// [`with_peer_dlq_claim`](Self::with_peer_dlq_claim)).
+    #[must_use]
+    pub fn claimed_peer_dlq(&self) -> Option<&str> {
+        self.peer_dlq
+            .as_deref()
+            .filter(|_| self.claim_peer_dlq && self.uses_dlq_stream())
+    }
+
     /// The DLQ placement.
     #[must_use]
     pub fn dlq_placement(&self) -> DlqPlacement {
@@ -322,6 +367,9 @@ pub struct EnsureOptions {
     pub(crate) request_timeout: Option<Duration>,
     pub(crate) violations: Option<PermissionViolations>,
     pub(crate) max_rounds: u32,
+    pub(crate) lock: LockSettings,
+    pub(crate) move_dlq_subjects: bool,
+    pub(crate) progress_interval: Option<Option<Duration>>,
 }
 
 impl Default for EnsureOptions {
@@ -331,6 +379,9 @@ impl Default for EnsureOptions {
             request_timeout: None,
             violations: None,
             max_rounds: 8,
+            lock: LockSettings::default(),
+            move_dlq_subjects: false,
+            progress_interval: None,
         }
     }
 }
@@ -369,6 +420,62 @@ impl EnsureOptions {
     /// default 8, at least 1.
     pub fn max_rounds(mut self, rounds: u32) -> Self {
         self.max_rounds = rounds.max(1);
+        self
+    }
+
+    /// Whether subject updates hold the stream lock (default `true`).
+    ///
+    /// Adding subjects reads the stream's configuration and writes it back; JetStream has no
+    /// compare-and-set for that, so two deploys doing it at once can lose one's subjects. With
+    /// the lock, each update holds a lease in the key-value bucket
+    /// [`lock_bucket`](Self::lock_bucket) (key `stream.<stream name>`) and re-reads the stream
+    /// afterwards, adding back whatever a writer that does not take the lock dropped. Turn it
+    /// off only for users who may not use the bucket; then deploy the apps of a pair one after
+    /// the other.
+    pub fn stream_lock(mut self, on: bool) -> Self {
+        self.lock.enabled = on;
+        self
+    }
+
+    /// The key-value bucket holding the stream locks (default [`DEFAULT_LOCK_BUCKET`](crate::DEFAULT_LOCK_BUCKET)); created
+    /// on first use. Every deploy of a pair must use the same bucket.
+    pub fn lock_bucket(mut self, bucket: impl Into<String>) -> Self {
+        self.lock.bucket = bucket.into();
+        self
+    }
+
+    /// The lease time of a stream lock (default [`DEFAULT_LOCK_TTL`](crate::DEFAULT_LOCK_TTL), at least 1 s): the
+    /// `max_age` the lock bucket is created with, after which the lock of a deploy that
+    /// crashed expires. An existing bucket keeps its own.
+    pub fn lock_ttl(mut self, ttl: Duration) -> Self {
+        self.lock.ttl = ttl.max(Duration::from_secs(1));
+        self
+    }
+
+    /// How long to wait for a stream lock another deploy holds before failing with
+    /// [`TopologyErrorKind::Conflict`](crate::TopologyErrorKind::Conflict) (default: the lock
+    /// TTL plus 15 s).
+    pub fn lock_wait(mut self, wait: Duration) -> Self {
+        self.lock.wait = Some(wait);
+        self
+    }
+
+    /// Whether to move DLQ subjects out of the work-queue stream into the separate DLQ stream
+    /// (default `false`). Applies with [`DlqPlacement::SeparateStream`] to this service's DLQ
+    /// subject and to the claimed peer DLQ subject, when the main stream lists the subject
+    /// itself (not through a wildcard) and stores no message on it; a subject with stored
+    /// dead letters is reported as a problem instead (read or purge them first).
+    pub fn move_dlq_subjects(mut self, on: bool) -> Self {
+        self.move_dlq_subjects = on;
+        self
+    }
+
+    /// The runtime's in-progress ack interval, for [`check`](crate::check): a durable whose
+    /// `ack_wait` (or first `backoff` step) is shorter cannot keep long handlers' messages
+    /// (default `ack_wait / 2` of the configuration, the consumer runtime's default; `None`:
+    /// in-progress acks are off).
+    pub fn progress_interval(mut self, every: Option<Duration>) -> Self {
+        self.progress_interval = Some(every.filter(|d| !d.is_zero()));
         self
     }
 }

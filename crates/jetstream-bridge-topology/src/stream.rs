@@ -90,7 +90,7 @@ fn malformed(what: &str) -> TopologyError {
 
 /// Every stream of the account, read page by page with `$JS.API.STREAM.LIST`.
 ///
-/// Fails closed (lesson L-R17): any failed page, a malformed answer, or streams the server
+/// Fails closed: any failed page, a malformed answer, or streams the server
 /// lists as `missing` (offline in a cluster) make the whole listing an error, never an empty
 /// or partial list. When the number of streams changes between pages, the listing starts over
 /// (at most a few times).
@@ -239,6 +239,8 @@ pub(crate) enum Applied {
     Done,
     /// Another deploy got there first (or changed something): plan again.
     Raced,
+    /// The stream to change does not exist (any more): plan again.
+    Missing,
     /// The server reported a subject overlap (10065): plan again, and if the plan does not show
     /// the conflict, report this error.
     Overlap(TopologyError),
@@ -266,42 +268,167 @@ pub(crate) async fn create(
     }
 }
 
+/// How often [`add_subjects`] re-reads and rewrites a stream whose subjects a concurrent writer
+/// dropped.
+const VERIFY_ROUNDS: usize = 4;
+
+/// `STREAM.INFO.<name>` (with `subjects_filter` when given, so that `state.subjects` counts the
+/// stored messages per matching subject); `None` when the stream does not exist.
+async fn info(
+    api: &Api,
+    name: &str,
+    subjects_filter: Option<&str>,
+) -> Result<Option<Value>, TopologyError> {
+    let request = match subjects_filter {
+        Some(filter) => json!({ "subjects_filter": filter }),
+        None => json!({}),
+    };
+    match api.request(&format!("STREAM.INFO.{name}"), &request).await {
+        Ok(info) => Ok(Some(info)),
+        Err(e) if e.code() == Some(ErrorCode::STREAM_NOT_FOUND) => Ok(None),
+        Err(e) => Err(e.into_error()),
+    }
+}
+
+/// Sends `config` (a stream's full configuration) back with `subjects`.
+async fn update_subjects(
+    api: &Api,
+    name: &str,
+    info: &Value,
+    subjects: &[String],
+) -> Result<Applied, TopologyError> {
+    let mut config = info
+        .get("config")
+        .cloned()
+        .ok_or_else(|| malformed("stream info without `config`"))?;
+    config["subjects"] = json!(subjects);
+    match api.request(&format!("STREAM.UPDATE.{name}"), &config).await {
+        Ok(_) => Ok(Applied::Done),
+        Err(e) => match e.code() {
+            Some(ErrorCode::STREAM_NOT_FOUND) => Ok(Applied::Missing),
+            Some(ErrorCode::STREAM_SUBJECT_OVERLAP) => Ok(Applied::Overlap(overlap_error(e, name))),
+            _ => Err(e.into_error()),
+        },
+    }
+}
+
 /// Adds the subjects of `add` the stream does not cover yet. Reads the stream's full current
 /// configuration and sends it back with only `subjects` changed, so limits, replicas and any
-/// other setting an admin chose are kept (lesson L-R16).
+/// other setting an admin chose are kept.
+///
+/// Then verifies: the stream is read again, and every subject it held when read before or that
+/// was added must still be covered. A writer that does not hold the stream lock (an older
+/// deploy, the Ruby gem) may have written a list read before this update; whatever it
+/// dropped is added back, up to a few times. Returns [`Applied::Raced`] when nothing had to
+/// be written, [`Applied::Missing`] when the stream is gone.
 pub(crate) async fn add_subjects(
     api: &Api,
     name: &str,
     add: &[String],
 ) -> Result<Applied, TopologyError> {
-    let info = match api
-        .request(&format!("STREAM.INFO.{name}"), &json!({}))
-        .await
-    {
-        Ok(info) => info,
-        Err(e) if e.code() == Some(ErrorCode::STREAM_NOT_FOUND) => return Ok(Applied::Raced),
-        Err(e) => return Err(e.into_error()),
+    let mut expected: Vec<String> = add.to_vec();
+    let mut wrote = false;
+    for _ in 0..VERIFY_ROUNDS {
+        let Some(info) = info(api, name, None).await? else {
+            return Ok(Applied::Missing);
+        };
+        let state = StreamState::from_info(&info).ok_or_else(|| malformed("stream info"))?;
+        let missing: Vec<String> = expected
+            .iter()
+            .filter(|s| !state.subjects.contains(s) && !state.covers(s))
+            .cloned()
+            .collect();
+        if missing.is_empty() {
+            return Ok(if wrote { Applied::Done } else { Applied::Raced });
+        }
+        if wrote {
+            tracing::warn!(
+                stream = %name,
+                missing = ?missing,
+                "a concurrent update dropped subjects of the stream; adding them again"
+            );
+        }
+        for s in &state.subjects {
+            if !expected.contains(s) {
+                expected.push(s.clone());
+            }
+        }
+        let mut subjects = state.subjects.clone();
+        subjects.extend(missing);
+        match update_subjects(api, name, &info, &subjects).await? {
+            Applied::Done => wrote = true,
+            other => return Ok(other),
+        }
+    }
+    Ok(Applied::Raced)
+}
+
+/// How many messages stream `name` stores on `subject` (0 when the stream does not exist).
+pub(crate) async fn stored_on(api: &Api, name: &str, subject: &str) -> Result<u64, TopologyError> {
+    Ok(info(api, name, Some(subject))
+        .await?
+        .map_or(0, |info| stored_count(&info, subject)))
+}
+
+fn stored_count(info: &Value, subject: &str) -> u64 {
+    info.get("state")
+        .and_then(|s| s.get("subjects"))
+        .and_then(|s| s.get(subject))
+        .and_then(Value::as_u64)
+        .unwrap_or(0)
+}
+
+/// Removes `subject` (listed as it is) from stream `name` if the stream stores no message on
+/// it. Returns whether it was removed. A message stored between the check and the update
+/// (counted again afterwards) puts the subject back, so no dead letter is stranded in a
+/// stream that no longer lists its subject.
+pub(crate) async fn remove_empty_subject(
+    api: &Api,
+    name: &str,
+    subject: &str,
+) -> Result<bool, TopologyError> {
+    let Some(info) = info(api, name, Some(subject)).await? else {
+        return Ok(false);
     };
     let state = StreamState::from_info(&info).ok_or_else(|| malformed("stream info"))?;
-    let missing: Vec<&String> = add.iter().filter(|s| !state.covers(s)).collect();
-    if missing.is_empty() {
-        return Ok(Applied::Raced);
+    if !state.subjects.iter().any(|s| s == subject) || stored_count(&info, subject) > 0 {
+        return Ok(false);
     }
-    let mut config = info
-        .get("config")
+    let kept: Vec<String> = state
+        .subjects
+        .iter()
+        .filter(|s| *s != subject)
         .cloned()
-        .ok_or_else(|| malformed("stream info without `config`"))?;
-    let mut subjects = state.subjects.clone();
-    subjects.extend(missing.into_iter().cloned());
-    config["subjects"] = json!(subjects);
-    match api.request(&format!("STREAM.UPDATE.{name}"), &config).await {
-        Ok(_) => Ok(Applied::Done),
-        Err(e) => match e.code() {
-            Some(ErrorCode::STREAM_NOT_FOUND) => Ok(Applied::Raced),
-            Some(ErrorCode::STREAM_SUBJECT_OVERLAP) => Ok(Applied::Overlap(overlap_error(e, name))),
-            _ => Err(e.into_error()),
-        },
+        .collect();
+    if !matches!(
+        update_subjects(api, name, &info, &kept).await?,
+        Applied::Done
+    ) {
+        return Ok(false);
     }
+    match info_after_removal(api, name, subject).await? {
+        Some((after, stored)) if stored > 0 => {
+            tracing::warn!(%subject, stream = %name, stored, "a dead letter arrived while the DLQ subject was moved; putting the subject back");
+            let mut subjects = StreamState::from_info(&after)
+                .map(|s| s.subjects)
+                .unwrap_or_default();
+            subjects.push(subject.to_owned());
+            update_subjects(api, name, &after, &subjects).await?;
+            Ok(false)
+        }
+        _ => Ok(true),
+    }
+}
+
+async fn info_after_removal(
+    api: &Api,
+    name: &str,
+    subject: &str,
+) -> Result<Option<(Value, u64)>, TopologyError> {
+    Ok(info(api, name, Some(subject)).await?.map(|info| {
+        let stored = stored_count(&info, subject);
+        (info, stored)
+    }))
 }
 
 #[cfg(test)]

@@ -211,27 +211,19 @@ impl PermissionViolations {
         *self.inner.last.borrow()
     }
 
-    /// The first violation relevant to a JetStream API request `api_suffix` (e.g.
-    /// `STREAM.INFO.orders`): a publish to `<api prefix>.<api_suffix>` recorded after `since`,
-    /// or a subscription to the client's reply inbox `<inbox_prefix>.…` recorded at any time
-    /// (the client subscribes its inbox once, so an old refusal still applies).
+    /// The first violation relevant to a request to `target`: a publish to it recorded after
+    /// `since`, or a subscription to the client's reply inbox `<inbox_prefix>.…` recorded at any
+    /// time (the client subscribes its inbox once, so an old refusal still applies).
     fn find(
         &self,
         since: u64,
-        api_suffix: &str,
+        target: Target<'_>,
         inbox_prefix: &str,
     ) -> Option<PermissionViolation> {
         let log = self.inner.log.lock().unwrap_or_else(|e| e.into_inner());
-        let dotted_suffix = format!(".{api_suffix}");
         let inbox = format!("{inbox_prefix}.");
         log.iter().find_map(|(seq, v)| match v.operation {
-            Operation::Publish
-                if *seq > since
-                    && v.subject.starts_with("$JS.")
-                    && v.subject.ends_with(&dotted_suffix) =>
-            {
-                Some(v.clone())
-            }
+            Operation::Publish if *seq > since && target.matches(&v.subject) => Some(v.clone()),
             Operation::Subscribe if v.subject.starts_with(&inbox) => {
                 Some(v.clone().for_inbox(inbox_prefix))
             }
@@ -244,18 +236,43 @@ impl PermissionViolations {
     pub(crate) async fn wait_for(
         &self,
         since: u64,
-        api_suffix: &str,
+        target: Target<'_>,
         inbox_prefix: &str,
     ) -> PermissionViolation {
         let mut updates = self.inner.last.subscribe();
         loop {
-            if let Some(v) = self.find(since, api_suffix, inbox_prefix) {
+            if let Some(v) = self.find(since, target, inbox_prefix) {
                 return v;
             }
             if updates.changed().await.is_err() {
                 // The sender lives in `self`, so this cannot happen; wait forever regardless.
                 std::future::pending::<()>().await;
             }
+        }
+    }
+}
+
+/// What a request was sent to, for matching the violations the server reports.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Target<'a> {
+    /// A JetStream API request `<api prefix>.<suffix>` (e.g. `STREAM.INFO.orders`; the prefix
+    /// differs with a JetStream domain).
+    Api(&'a str),
+    /// A publish to exactly this subject (e.g. a lock entry in a key-value bucket).
+    Subject(&'a str),
+}
+
+impl Target<'_> {
+    /// Whether a refused publish to `subject` is this request.
+    pub(crate) fn matches(self, subject: &str) -> bool {
+        match self {
+            Self::Api(suffix) => {
+                subject.starts_with("$JS.")
+                    && subject
+                        .strip_suffix(suffix)
+                        .is_some_and(|head| head.ends_with('.'))
+            }
+            Self::Subject(s) => subject == s,
         }
     }
 }
@@ -288,15 +305,23 @@ mod tests {
         let log = PermissionViolations::new();
         assert!(log.record_server_error(r#"Permissions Violation for Publish to "a.b""#));
         let mark = log.mark();
-        assert!(log.find(mark, "STREAM.LIST", "_INBOX").is_none());
+        assert!(log
+            .find(mark, Target::Api("STREAM.LIST"), "_INBOX")
+            .is_none());
         log.record_server_error(r#"Permissions Violation for Publish to "$JS.API.STREAM.LIST""#);
         assert_eq!(
-            log.find(mark, "STREAM.LIST", "_INBOX").unwrap().subject,
+            log.find(mark, Target::Api("STREAM.LIST"), "_INBOX")
+                .unwrap()
+                .subject,
             "$JS.API.STREAM.LIST"
         );
-        assert!(log.find(log.mark(), "STREAM.LIST", "_INBOX").is_none());
+        assert!(log
+            .find(log.mark(), Target::Api("STREAM.LIST"), "_INBOX")
+            .is_none());
         log.record_server_error(r#"Permissions Violation for Subscription to "$RPC.x1.*""#);
-        let v = log.find(log.mark(), "STREAM.INFO.s", "$RPC").unwrap();
+        let v = log
+            .find(log.mark(), Target::Api("STREAM.INFO.s"), "$RPC")
+            .unwrap();
         assert_eq!(v.needed, "$RPC.>");
         assert_eq!(log.recent().len(), 3);
     }

@@ -59,7 +59,7 @@ async fn check_reports_what_cannot_work_as_written() {
     assert_eq!(ok["problems"], 0, "{ok}");
     for item in [
         "stream ",
-        "DLQ subject",
+        "DLQ stream",
         "durable ",
         "table jetstream_outbox_events",
         "table jetstream_inbox_events",

@@ -5,9 +5,12 @@
 // clippy.toml's allow-unwrap-in-tests covers `#[test]` fns only, not the helpers beside them.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod check;
 mod concurrency;
 mod connect;
 mod consumer;
+mod lock;
+mod mixed_fleet;
 mod overlap;
 mod permissions;
 mod provision;
@@ -110,6 +113,28 @@ pub(crate) async fn consumer_names(js: &jetstream::Context, stream: &str) -> Vec
         serde_json::from_value(answer["consumers"].clone()).unwrap_or_default();
     names.sort();
     names
+}
+
+/// Creates a work-queue stream with file storage, as an admin would, and tracks it.
+pub(crate) async fn create_work_queue(t: &TestNats, name: &str, subjects: &[&str]) {
+    t.track_stream(name);
+    let answer: Value = t
+        .jetstream()
+        .request(
+            format!("STREAM.CREATE.{name}"),
+            &serde_json::json!({
+                "name": name,
+                "subjects": subjects,
+                "retention": "workqueue",
+                "storage": "file",
+            }),
+        )
+        .await
+        .unwrap();
+    assert!(
+        answer.get("error").is_none(),
+        "STREAM.CREATE {name}: {answer}"
+    );
 }
 
 /// Sorted copies, for comparing subject sets.

@@ -18,6 +18,7 @@ const DURABLE: &str = "prod-orders-workers";
 const SOURCE: &str = "prod.orders.sync.billing";
 const DESTINATION: &str = "prod.billing.sync.orders";
 const DLQ: &str = "prod.orders.sync.dlq";
+const LOCKS: &str = jetstream_bridge_topology::DEFAULT_LOCK_BUCKET;
 
 /// Users of the private server. `runtime` has exactly the seed's "Minimum permissions for the
 /// bridge user"; `rpc` the same with the custom inbox prefix `$RPC`; `strict` only what the
@@ -25,6 +26,19 @@ const DLQ: &str = "prod.orders.sync.dlq";
 /// `nocreate` everything but stream creation.
 fn server_config() -> String {
     let own = format!(r#""{SOURCE}", "{DESTINATION}", "{DLQ}""#);
+    // The provisioning user's list from docs/TOPOLOGY.md, without and with the stream lock.
+    let provision = format!(
+        r#""$JS.API.STREAM.LIST",
+            "$JS.API.STREAM.CREATE.{STREAM}", "$JS.API.STREAM.CREATE.{STREAM}-dlq",
+            "$JS.API.STREAM.INFO.{STREAM}", "$JS.API.STREAM.INFO.{STREAM}-dlq",
+            "$JS.API.STREAM.UPDATE.{STREAM}", "$JS.API.STREAM.UPDATE.{STREAM}-dlq",
+            "$JS.API.CONSUMER.INFO.{STREAM}.{DURABLE}",
+            "$JS.API.CONSUMER.CREATE.{STREAM}.{DURABLE}.{DESTINATION}""#
+    );
+    let lock = format!(
+        r#""$KV.{LOCKS}.stream.{STREAM}", "$KV.{LOCKS}.stream.{STREAM}-dlq",
+            "$JS.API.STREAM.MSG.GET.KV_{LOCKS}", "$JS.API.STREAM.CREATE.KV_{LOCKS}""#
+    );
     format!(
         r#"
 authorization {{
@@ -46,6 +60,12 @@ authorization {{
         subscribe: {{ allow: ["{DESTINATION}.worker", "_INBOX.>"] }} }} }}
     {{ user: nocreate, password: "nocreate-pw", permissions: {{
         publish: {{ allow: ["$JS.API.>"], deny: ["$JS.API.STREAM.CREATE.>"] }}
+        subscribe: {{ allow: ["_INBOX.>"] }} }} }}
+    {{ user: provision, password: "provision-pw", permissions: {{
+        publish: {{ allow: [{provision}, {lock}] }}
+        subscribe: {{ allow: ["_INBOX.>"] }} }} }}
+    {{ user: nolock, password: "nolock-pw", permissions: {{
+        publish: {{ allow: [{provision}] }}
         subscribe: {{ allow: ["_INBOX.>"] }} }} }}
   ]
 }}
@@ -391,4 +411,86 @@ async fn push_runtime_needs_no_jetstream_api() {
         .unwrap();
     assert_eq!(info["num_ack_pending"], 0, "{info}");
     assert_eq!(info["ack_floor"]["stream_seq"], 1, "{info}");
+}
+
+/// The stream lock needs its own permissions: without publish permission on the lock entry the
+/// deploy fails at once naming it (and changes nothing); with the documented provisioning list
+/// the deploy creates the lock bucket, takes the lock and extends the stream, and a lock held
+/// by someone else is reported as such (reading its holder is allowed).
+#[tokio::test]
+async fn the_stream_lock_needs_its_own_permissions() {
+    let server = NatsServer::builder().config(server_config()).spawn().await;
+    let admin = connect_as(&server, "admin", None).await;
+    let js = admin.jetstream();
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: STREAM.to_owned(),
+        subjects: vec![DESTINATION.to_owned()],
+        retention: async_nats::jetstream::stream::RetentionPolicy::WorkQueue,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let spec = TopologySpec::from_config(&config(&server, "admin", None));
+
+    let nolock = connect_as(&server, "nolock", None).await;
+    let started = Instant::now();
+    let err = nolock.ensure_topology(&spec, &options()).await.unwrap_err();
+    assert_eq!(err.kind(), TopologyErrorKind::PermissionDenied, "{err}");
+    let lock_subject = format!("$KV.{LOCKS}.stream.{STREAM}");
+    assert_eq!(err.permission().unwrap().subject, lock_subject, "{err}");
+    assert!(started.elapsed() < Duration::from_secs(5), "named at once");
+    let subjects = |info: async_nats::jetstream::stream::Info| info.config.subjects;
+    assert_eq!(
+        subjects(
+            js.get_stream(STREAM)
+                .await
+                .unwrap()
+                .info()
+                .await
+                .unwrap()
+                .clone()
+        ),
+        [DESTINATION]
+    );
+
+    let provision = connect_as(&server, "provision", None).await;
+    provision.ensure_topology(&spec, &options()).await.unwrap();
+    let mut main = js.get_stream(STREAM).await.unwrap();
+    let mut held = main.info().await.unwrap().config.subjects.clone();
+    held.sort();
+    assert_eq!(held, [DESTINATION, SOURCE]);
+    assert!(provision.violations().recent().is_empty());
+
+    // Someone else holds the lock while a subject is missing again.
+    let mut config = main.info().await.unwrap().config.clone();
+    config.subjects = vec![DESTINATION.to_owned()];
+    js.update_stream(config).await.unwrap();
+    // The key's last entry is the delete marker `provision` left when it released the lock.
+    let last: serde_json::Value = js
+        .request(
+            format!("STREAM.MSG.GET.KV_{LOCKS}"),
+            &serde_json::json!({ "last_by_subj": lock_subject }),
+        )
+        .await
+        .unwrap();
+    assert!(last["message"].get("data").is_none(), "{last}");
+    let marker = last["message"]["seq"].as_u64().unwrap().to_string();
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Expected-Last-Subject-Sequence", marker.as_str());
+    let ack: serde_json::Value = serde_json::from_slice(
+        &admin
+            .client()
+            .request_with_headers(lock_subject, headers, "{}".into())
+            .await
+            .unwrap()
+            .payload,
+    )
+    .unwrap();
+    assert!(ack.get("error").is_none(), "{ack}");
+    let err = provision
+        .ensure_topology(&spec, &options().lock_wait(Duration::from_millis(300)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), TopologyErrorKind::Conflict, "{err}");
+    assert!(provision.violations().recent().is_empty());
 }

@@ -62,7 +62,11 @@ async fn creates_then_reruns_without_changes_in_both_layouts() {
             dlq["config"]["max_age"],
             u64::try_from(DEFAULT_DLQ_MAX_AGE.as_nanos()).unwrap()
         );
-        assert_eq!(stream_subjects(js, &dlq_name).await, [s.dlq().as_str()]);
+        assert_eq!(
+            stream_subjects(js, &dlq_name).await,
+            [s.dlq().as_str(), s.peer_dlq().as_str()],
+            "the peer's DLQ subject is claimed in the DLQ stream too"
+        );
         let consumer = consumer_info(js, s.stream_name().as_str(), s.durable_name().as_str())
             .await
             .unwrap();

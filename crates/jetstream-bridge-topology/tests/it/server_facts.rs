@@ -144,11 +144,11 @@ async fn consumer_create_updates_silently_and_work_queues_allow_one_consumer_per
     t.teardown().await;
 }
 
-/// SPEC §2: a server-side `backoff` replaces `ack_wait` with `backoff[0]` (30 s becomes 1 s),
+/// A server-side `backoff` replaces `ack_wait` with `backoff[0]` (30 s becomes 1 s),
 /// and the seed's defaults (max_deliver 5, five backoff entries) are rejected with 10116. This
 /// is why provisioning never sends `backoff`.
 #[tokio::test]
-async fn server_side_backoff_replaces_ack_wait_and_rejects_the_seed_defaults() {
+async fn server_side_backoff_replaces_ack_wait_and_rejects_five_steps_with_max_deliver_5() {
     let t = TestNats::shared().await;
     let js = t.jetstream();
     let stream = t.create_stream(t.stream_config("backoff")).await;
@@ -186,7 +186,7 @@ async fn server_side_backoff_replaces_ack_wait_and_rejects_the_seed_defaults() {
 }
 
 /// The server deduplicates on the canonical `Nats-Msg-Id` header only (exact case): the Ruby
-/// gem's lowercase `nats-msg-id` stores every publish (SPEC §9, L-R1). This is why publishers send
+/// gem's lowercase `nats-msg-id` stores every publish. This is why publishers send
 /// both spellings and readers look the id up case-insensitively.
 #[tokio::test]
 async fn only_the_canonical_msg_id_header_deduplicates() {
@@ -225,5 +225,75 @@ async fn only_the_canonical_msg_id_header_deduplicates() {
 
     let mut stream = stream;
     assert_eq!(stream.info().await.unwrap().state.messages, 3);
+    t.teardown().await;
+}
+
+/// Deduplication is per stream: a copy of a message with the same `Nats-Msg-Id` (what the gem
+/// publishes as a dead letter) is a duplicate in the original's stream (nothing stored) and
+/// stored in any other stream. This is why DLQ subjects belong in a stream of their own.
+#[tokio::test]
+async fn a_copied_msg_id_is_a_duplicate_in_the_same_stream_only() {
+    let t = TestNats::shared().await;
+    let js = t.jetstream();
+    let mut main = t.stream_config("main");
+    main.subjects.push(t.subject("main_dlq"));
+    let mut main = t.create_stream(main).await;
+    let dlq = t.stream_config("dlq");
+    let dlq_name = dlq.name.clone();
+    t.create_stream(dlq).await;
+    let publish = |subject: String| {
+        let js = js.clone();
+        async move {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Nats-Msg-Id", "e1");
+            headers.insert("nats-msg-id", "e1");
+            js.publish_with_headers(subject, headers, "{}".into())
+                .await
+                .unwrap()
+                .await
+                .unwrap()
+        }
+    };
+    assert!(!publish(t.subject("main.event")).await.duplicate);
+    let same_stream = publish(t.subject("main_dlq")).await;
+    assert!(same_stream.duplicate);
+    assert_eq!(main.info().await.unwrap().state.messages, 1);
+    let other_stream = publish(t.subject("dlq.letter")).await;
+    assert!(!other_stream.duplicate);
+    assert_eq!(other_stream.stream, dlq_name);
+    t.teardown().await;
+}
+
+/// `STREAM.INFO` with `subjects_filter` counts the stored messages per subject, and still does
+/// once the subject is removed from the stream's configuration: moving a DLQ subject checks it
+/// before and after the update.
+#[tokio::test]
+async fn subject_counts_survive_removing_the_subject() {
+    let t = TestNats::shared().await;
+    let js = t.jetstream();
+    let config = t.stream_config("counts");
+    let name = config.name.clone();
+    let dlq = t.subject("counts_dlq");
+    let mut with_dlq = config.clone();
+    with_dlq.subjects.push(dlq.clone());
+    t.create_stream(with_dlq).await;
+    js.publish(dlq.clone(), "{}".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let count = || async {
+        let info: serde_json::Value = js
+            .request(
+                format!("STREAM.INFO.{name}"),
+                &serde_json::json!({ "subjects_filter": dlq }),
+            )
+            .await
+            .unwrap();
+        info["state"]["subjects"][dlq.as_str()].as_u64()
+    };
+    assert_eq!(count().await, Some(1));
+    js.update_stream(config).await.unwrap();
+    assert_eq!(count().await, Some(1));
     t.teardown().await;
 }
