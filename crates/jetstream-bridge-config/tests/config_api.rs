@@ -29,7 +29,7 @@ fn style_guide_example() -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// Both layouts give exactly SPEC §1's names for env production, app orders, dest billing.
+/// Both layouts give exactly the documented names for env production, app orders, dest billing.
 #[test]
 fn spec_layout_examples() {
     let cases = [

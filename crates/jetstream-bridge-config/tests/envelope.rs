@@ -90,7 +90,7 @@ fn builder_reproduces_gem_fixtures() {
     }
 }
 
-/// The fixtures have the properties SPEC §9 lists for gem-written bodies.
+/// The fixtures have the properties of gem-written bodies (see docs/WIRE.md).
 #[test]
 fn gem_fixtures_have_the_wire_properties() {
     for era in ERAS {
@@ -238,7 +238,7 @@ fn dlq_context_fixtures() {
     );
 }
 
-/// Bodies a consumer must dead-letter as `malformed_json` (L-R11, L-R12), never retry.
+/// Bodies a consumer must dead-letter as `malformed_json`, never retry.
 #[test]
 fn malformed_bodies_are_classified() {
     let fixture_bytes = fs::read(fixtures().join("gem-7.x/user_created.json")).unwrap();

@@ -238,7 +238,7 @@ impl HealthBuilder {
     }
 }
 
-/// The health checker of one bridge: builds [`HealthReport`]s (the seed's JSON plus consumer
+/// The health checker of one bridge: builds [`HealthReport`]s (the Ruby gem's JSON plus consumer
 /// lag, outbox backlog, DLQ depth and runtime liveness), rate-limited; readiness and liveness
 /// verdicts; and the [`Metrics`] it refreshes. Cheap to clone (shared state).
 ///

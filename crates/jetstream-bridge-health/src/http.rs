@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::health::Health;
 use crate::metrics::METRICS_CONTENT_TYPE;
 
-/// The path of the seed's health endpoint.
+/// The path of the Ruby gem's health endpoint.
 pub const HEALTH_PATH: &str = "/health/jetstream";
 /// The path of the liveness probe.
 pub const LIVE_PATH: &str = "/health/live";

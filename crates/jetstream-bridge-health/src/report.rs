@@ -1,18 +1,18 @@
-//! [`HealthReport`]: the seed's health JSON (`healthy`, `connection`, `stream`, `performance`,
+//! [`HealthReport`]: the Ruby gem's health JSON (`healthy`, `connection`, `stream`, `performance`,
 //! `config`, `version`) plus the bridge's own sections.
 
 use serde::Serialize;
 
 /// The report of one health check ([`Health::health_check`](crate::Health::health_check)).
 ///
-/// Serializes to the seed's JSON, key for key (`healthy`, `connection`, `stream`,
+/// Serializes to the Ruby gem's JSON, key for key (`healthy`, `connection`, `stream`,
 /// `performance`, `config`, `version`), followed by the bridge's additions: `cached`,
 /// `checked_at`, `skipped`, `consumer`, `dlq`, `database`, `outbox` and `runtime`. Error texts are masked
 /// (no URL credentials). Fields are public to read; the struct is `#[non_exhaustive]`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[non_exhaustive]
 pub struct HealthReport {
-    /// The seed's verdict: connected, and (unless restricted mode skipped it) the stream exists;
+    /// The Ruby gem's verdict: connected, and (unless restricted mode skipped it) the stream exists;
     /// with a database pool, the database answered, has the tables the configuration needs,
     /// and the outbox query succeeded.
     pub healthy: bool,
@@ -47,7 +47,7 @@ pub struct HealthReport {
     pub runtime: RuntimeReport,
 }
 
-/// The `connection` section (the seed's keys).
+/// The `connection` section (the Ruby gem's keys).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct ConnectionReport {
@@ -88,7 +88,7 @@ pub struct StreamReport {
     pub reason: Option<&'static str>,
 }
 
-/// The `performance` section (the seed's keys).
+/// The `performance` section (the Ruby gem's keys).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[non_exhaustive]
 pub struct PerformanceReport {
@@ -99,7 +99,7 @@ pub struct PerformanceReport {
     pub health_check_duration_ms: f64,
 }
 
-/// The `config` section (the seed's keys).
+/// The `config` section (the Ruby gem's keys).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct ConfigReport {

@@ -132,7 +132,7 @@ async fn database_outage_fails_readiness_until_it_returns() {
 }
 
 /// The durable deleted, then the stream: readiness names each (the report is not healthy only
-/// without the stream, the seed's verdict); provisioning again brings it back.
+/// without the stream, the Ruby gem's verdict); provisioning again brings it back.
 #[tokio::test(flavor = "multi_thread")]
 async fn missing_durable_or_stream_fails_readiness() {
     let env = Env::new(|c| c).await;

@@ -1,4 +1,4 @@
-//! The report: the seed's JSON key for key, restricted mode, the rate limit on a real
+//! The report: the Ruby gem's JSON key for key, restricted mode, the rate limit on a real
 //! connection.
 
 use std::time::Duration;
@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 use crate::Env;
 
-/// The example response of the seed's production guide ("Health Check Endpoint").
+/// The example response of the Ruby gem's production guide ("Health Check Endpoint").
 const SEED_EXAMPLE: &str = r#"{
   "healthy": true,
   "connection": {
@@ -40,7 +40,7 @@ const SEED_EXAMPLE: &str = r#"{
   "version": "4.0.3"
 }"#;
 
-/// The keys we add at the top level, after the seed's.
+/// The keys we add at the top level, after the Ruby gem's.
 const ADDED_KEYS: [&str; 8] = [
     "cached",
     "checked_at",
@@ -63,7 +63,7 @@ fn kind(v: &Value) -> &'static str {
     }
 }
 
-/// `ours` has exactly the seed's keys in every nested object, with the same JSON types.
+/// `ours` has exactly the Ruby gem's keys in every nested object, with the same JSON types.
 fn assert_same_shape(seed: &Value, ours: &Value, path: &str) {
     assert_eq!(kind(seed), kind(ours), "type of `{path}`: {ours}");
     match (seed, ours) {
@@ -84,8 +84,8 @@ fn assert_same_shape(seed: &Value, ours: &Value, path: &str) {
     }
 }
 
-/// A healthy report has the seed's keys, in the seed's order and with the seed's types, in
-/// every section the seed shows; our additions come after them.
+/// A healthy report has the Ruby gem's keys, in the Ruby gem's order and with the Ruby gem's types, in
+/// every section the gem's guide shows; our additions come after them.
 #[tokio::test(flavor = "multi_thread")]
 async fn report_matches_the_seed_json_key_for_key() {
     let env = Env::new(|c| c.use_outbox(true).use_inbox(true)).await;

@@ -1,5 +1,5 @@
 //! Connection options against private servers: TLS with a custom CA and a client certificate
-//! (SPEC §8, the server verifies client certificates), and NKey authentication.
+//! (the server verifies client certificates), and NKey authentication.
 //!
 //! The certificates in `tests/it/tls/` were made with:
 //!
@@ -66,7 +66,7 @@ async fn tls_with_custom_ca_and_client_certificate() {
 }
 
 /// NKey authentication from `nkey_seed`; a wrong seed is a `Connection` error that never shows
-/// the seed.
+/// the Ruby gem's production guide.
 #[tokio::test]
 async fn nkey_seed_authenticates() {
     let user = nkeys::KeyPair::new_user();

@@ -30,7 +30,7 @@ fn with(
 }
 
 /// The server holds exactly the configured consumer: ack_wait 30 s stays 30 s, no backoff
-/// (lesson L-R3), explicit ack, deliver all, the filter, max_deliver and max_ack_pending.
+///, explicit ack, deliver all, the filter, max_deliver and max_ack_pending.
 #[tokio::test]
 async fn consumer_read_back_equals_the_config() {
     let t = TestNats::shared().await;

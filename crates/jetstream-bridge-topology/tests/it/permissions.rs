@@ -20,7 +20,7 @@ const DESTINATION: &str = "prod.billing.sync.orders";
 const DLQ: &str = "prod.orders.sync.dlq";
 const LOCKS: &str = jetstream_bridge_topology::DEFAULT_LOCK_BUCKET;
 
-/// Users of the private server. `runtime` has exactly the seed's "Minimum permissions for the
+/// Users of the private server. `runtime` has exactly the Ruby gem's "Minimum permissions for the
 /// bridge user"; `rpc` the same with the custom inbox prefix `$RPC`; `strict` only what the
 /// pull runtime really uses; `push` only what the push runtime uses (no `$JS.API` at all);
 /// `nocreate` everything but stream creation.
@@ -169,7 +169,7 @@ impl Monitor {
     }
 }
 
-/// Admin provisions; runtime users with the seed's minimum permissions, with a custom inbox
+/// Admin provisions; runtime users with the Ruby gem's minimum permissions, with a custom inbox
 /// prefix, and with only MSG.NEXT + ACK publish rights all publish, fetch, ack and dead-letter;
 /// a monitor subscribed to `>` sees no JetStream API call from them but MSG.NEXT.
 #[tokio::test]

@@ -141,7 +141,7 @@ async fn the_other_side_extends_the_stream_to_all_four_subjects() {
     t.teardown().await;
 }
 
-/// Extending a stream an admin made keeps every other setting (lesson L-R16), and a desired
+/// Extending a stream an admin made keeps every other setting, and a desired
 /// subject covered by an existing wildcard counts as present.
 #[tokio::test]
 async fn extending_keeps_the_admins_settings_and_honours_wildcards() {

@@ -145,7 +145,7 @@ async fn consumer_create_updates_silently_and_work_queues_allow_one_consumer_per
 }
 
 /// A server-side `backoff` replaces `ack_wait` with `backoff[0]` (30 s becomes 1 s),
-/// and the seed's defaults (max_deliver 5, five backoff entries) are rejected with 10116. This
+/// and the Ruby gem's defaults (max_deliver 5, five backoff entries) are rejected with 10116. This
 /// is why provisioning never sends `backoff`.
 #[tokio::test]
 async fn server_side_backoff_replaces_ack_wait_and_rejects_five_steps_with_max_deliver_5() {
