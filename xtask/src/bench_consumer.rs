@@ -14,7 +14,7 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use futures_util::TryStreamExt as _;
 use jetstream_bridge_config::{Config, Envelope};
 use jetstream_bridge_consumer::{
-    BatchHandler, Consumer, ConsumerHandle, Event, Handler, HandlerError,
+    Consumer, ConsumerHandle, Event, Handler, HandlerError, InboxBatchHandler, InboxHandler,
 };
 use jetstream_bridge_topology::bind_pull_consumer;
 
@@ -32,13 +32,12 @@ const FETCH_WAIT: Duration = Duration::from_millis(200);
 /// The benchmark handler: one business row per event, inside the inbox transaction.
 struct Insert;
 
-impl Handler for Insert {
+impl InboxHandler for Insert {
     async fn handle(
         &self,
         event: &Event,
-        conn: Option<&mut AsyncPgConnection>,
+        conn: &mut AsyncPgConnection,
     ) -> Result<(), HandlerError> {
-        let conn = conn.ok_or_else(|| HandlerError::permanent("inbox off"))?;
         diesel::sql_query("INSERT INTO effects (event_id) VALUES ($1)")
             .bind::<Text, _>(event.envelope.event_id.as_str())
             .execute(conn)
@@ -51,13 +50,12 @@ impl Handler for Insert {
 /// batch handler would), in the one transaction per pull.
 struct InsertBatch;
 
-impl BatchHandler for InsertBatch {
+impl InboxBatchHandler for InsertBatch {
     async fn handle_batch(
         &self,
         events: &[Event],
-        conn: Option<&mut AsyncPgConnection>,
+        conn: &mut AsyncPgConnection,
     ) -> Result<(), HandlerError> {
-        let conn = conn.ok_or_else(|| HandlerError::permanent("inbox off"))?;
         let ids: Vec<&str> = events
             .iter()
             .map(|e| e.envelope.event_id.as_str())
@@ -74,11 +72,7 @@ impl BatchHandler for InsertBatch {
 struct Noop;
 
 impl Handler for Noop {
-    async fn handle(
-        &self,
-        _event: &Event,
-        _conn: Option<&mut AsyncPgConnection>,
-    ) -> Result<(), HandlerError> {
+    async fn handle(&self, _event: &Event) -> Result<(), HandlerError> {
         Ok(())
     }
 }
@@ -241,29 +235,27 @@ async fn consumer_run(
     counts: &Counts,
 ) -> anyhow::Result<(f64, f64)> {
     fx.preload(count).await?;
-    let builder = |config: &Config, inbox: bool| {
-        Consumer::builder(
-            config.clone(),
-            fx.js.clone(),
-            inbox.then(|| fx.pool.clone()),
-        )
-        .fetch_wait(FETCH_WAIT)
-    };
+    let builder = |config: &Config| Consumer::builder(config.clone(), fx.js.clone());
     let cpu = cpu_seconds()?;
     let started = Instant::now();
     let handle = match mode {
-        Mode::PerMessage(c) => builder(&fx.consumer, true)
+        Mode::PerMessage(c) => builder(&fx.consumer)
+            .with_inbox(fx.pool.clone())
             .handler(Insert)
+            .fetch_wait(FETCH_WAIT)
             .concurrency(c)
             .build()?
             .spawn(),
-        Mode::Batch => builder(&fx.consumer, true)
+        Mode::Batch => builder(&fx.consumer)
+            .with_inbox(fx.pool.clone())
             .batch_handler(InsertBatch)
+            .fetch_wait(FETCH_WAIT)
             .concurrency(1)
             .build()?
             .spawn(),
-        Mode::NoInbox(c) => builder(&fx.consumer_no_inbox, false)
+        Mode::NoInbox(c) => builder(&fx.consumer_no_inbox)
             .handler(Noop)
+            .fetch_wait(FETCH_WAIT)
             .concurrency(c)
             .build()?
             .spawn(),

@@ -16,7 +16,7 @@ use anyhow::{bail, Context as _};
 use diesel_async::AsyncPgConnection;
 use futures_util::StreamExt as _;
 use jetstream_bridge_config::MSG_ID_HEADER;
-use jetstream_bridge_consumer::{Consumer, Event, Handler, HandlerError};
+use jetstream_bridge_consumer::{Consumer, Event, HandlerError, InboxHandler};
 use jetstream_bridge_outbox::{Outbox, Relay};
 
 use super::bench_fixture::{new_event, Fixture};
@@ -36,11 +36,11 @@ type Seen = Arc<Mutex<HashMap<String, Instant>>>;
 /// Notes when each event reached the handler.
 struct Stamp(Seen);
 
-impl Handler for Stamp {
+impl InboxHandler for Stamp {
     async fn handle(
         &self,
         event: &Event,
-        _conn: Option<&mut AsyncPgConnection>,
+        _conn: &mut AsyncPgConnection,
     ) -> Result<(), HandlerError> {
         let now = Instant::now();
         if let Ok(mut seen) = self.0.lock() {
@@ -136,7 +136,8 @@ async fn run(fx: &Fixture, n: usize, counts: &Counts) -> anyhow::Result<Latency>
         .spawn();
     let handled: Seen = Arc::default();
     // Default fetch wait (5 s): see the note in the report.
-    let consumer = Consumer::builder(fx.consumer.clone(), fx.js.clone(), Some(fx.pool.clone()))
+    let consumer = Consumer::builder(fx.consumer.clone(), fx.js.clone())
+        .with_inbox(fx.pool.clone())
         .handler(Stamp(Arc::clone(&handled)))
         .concurrency(CONCURRENCY)
         .build()?

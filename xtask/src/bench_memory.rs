@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use diesel_async::AsyncPgConnection;
-use jetstream_bridge_consumer::{Consumer, Event, Handler, HandlerError};
+use jetstream_bridge_consumer::{Consumer, Event, HandlerError, InboxHandler};
 use jetstream_bridge_outbox::{Outbox, Relay};
 
 use super::bench_fixture::{new_event, Fixture};
@@ -27,11 +27,11 @@ const MIB: f64 = 1024.0 * 1024.0;
 /// Handler with no effects (the inbox row is the only write).
 struct Noop;
 
-impl Handler for Noop {
+impl InboxHandler for Noop {
     async fn handle(
         &self,
         _event: &Event,
-        _conn: Option<&mut AsyncPgConnection>,
+        _conn: &mut AsyncPgConnection,
     ) -> Result<(), HandlerError> {
         Ok(())
     }
@@ -80,7 +80,8 @@ pub(super) async fn memory(args: &Args, fx: &Fixture) -> anyhow::Result<Scenario
     let relay = Relay::builder(&fx.producer, fx.js.clone(), fx.pool.clone())
         .build()?
         .spawn();
-    let consumer = Consumer::builder(fx.consumer.clone(), fx.js.clone(), Some(fx.pool.clone()))
+    let consumer = Consumer::builder(fx.consumer.clone(), fx.js.clone())
+        .with_inbox(fx.pool.clone())
         .handler(Noop)
         .concurrency(8)
         .fetch_wait(Duration::from_millis(200))

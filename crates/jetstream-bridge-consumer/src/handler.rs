@@ -1,5 +1,5 @@
-//! The handler API: [`Handler`], the [`Event`] it receives, and [`HandlerError`] saying what
-//! happens next.
+//! The handler API: [`Handler`], [`BatchHandler`], and [`HandlerError`] saying what happens
+//! next.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -7,110 +7,97 @@ use std::future::Future;
 use std::time::Duration;
 
 use diesel_async::AsyncPgConnection;
-use jetstream_bridge_config::{Envelope, Timestamp, TraceParent};
 
 use crate::error::BoxError;
-use crate::middleware::BoxFuture;
+use crate::event::Event;
 
-/// One received event: the parsed envelope and where it came from.
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub struct Event {
-    /// The envelope; its `event_id` is the inbox's dedupe key (msg-id header first, then body).
-    pub envelope: Envelope,
-    /// Delivery metadata.
-    pub metadata: Metadata,
-}
-
-/// Where and how an event was delivered (from the message's ack subject and headers).
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Metadata {
-    /// The subject the message was published on.
-    pub subject: String,
-    /// The stream that stores it.
-    pub stream: String,
-    /// The durable consumer that delivered it.
-    pub consumer: String,
-    /// The message's stream sequence.
-    pub stream_sequence: u64,
-    /// The consumer sequence of this delivery.
-    pub consumer_sequence: u64,
-    /// The delivery count: 1 for the first delivery.
-    pub deliveries: u32,
-    /// When the server stored the message.
-    pub published: Option<Timestamp>,
-    /// The message headers, `(name, value)`, one pair per value. The order of names is not
-    /// the wire order: async-nats parses headers into a hash map.
-    pub headers: Vec<(String, String)>,
-    /// The W3C `traceparent` the producer sent, if any and valid. While [`Handler::handle`]
-    /// runs, a [child](TraceParent::child) of it is [current](TraceParent::current), so events
-    /// the handler enqueues or publishes continue the trace; the runtime's
-    /// `jetstream_bridge.handle` span records its `trace_id` and `parent_span_id`.
-    pub traceparent: Option<TraceParent>,
-}
-
-/// Applies events. Implement it on your own type (it is shared by every in-flight message, so
-/// it is `Sync`; clone connections pools etc. into it).
+/// Applies events **without** the inbox: what a consumer built without
+/// [`with_inbox`](crate::ConsumerBuilder::with_inbox) runs. Implement it on your own type
+/// (it is shared by every in-flight message, so it is `Sync`; clone pools and clients into
+/// it).
 ///
-/// With the inbox on (`use_inbox`), `conn` is `Some`: a connection **inside the inbox
-/// transaction**. Write your effects on it and they commit together with the inbox row, so
-/// they happen once per event id; returning an error rolls them back. With the inbox off,
-/// `conn` is `None` and the handler must be idempotent itself.
+/// Nothing deduplicates events for it: a redelivery (after a lost ack, a crash, a retry) runs
+/// it again, so it must be idempotent. With the inbox, implement [`InboxHandler`] instead.
 ///
 /// A panic in `handle` is caught and treated as [`HandlerError::retry`].
 ///
 /// # Examples
 ///
 /// ```
-/// use diesel_async::{AsyncPgConnection, RunQueryDsl};
 /// use jetstream_bridge_consumer::{Event, Handler, HandlerError};
 ///
-/// struct ApplyBilling;
+/// struct Notify;
 ///
-/// impl Handler for ApplyBilling {
-///     async fn handle(
-///         &self,
-///         event: &Event,
-///         conn: Option<&mut AsyncPgConnection>,
-///     ) -> Result<(), HandlerError> {
-///         if event.envelope.event_type != "invoice.paid" {
+/// impl Handler for Notify {
+///     async fn handle(&self, event: &Event) -> Result<(), HandlerError> {
+///         if event.envelope.event_type != "user.created" {
 ///             return Ok(()); // not ours: ack
 ///         }
-///         let Some(conn) = conn else {
-///             return Err(HandlerError::permanent("the inbox must be on"));
-///         };
-///         diesel::sql_query("UPDATE invoices SET paid = true WHERE id = $1")
-///             .bind::<diesel::sql_types::Text, _>(&event.envelope.resource_id)
-///             .execute(conn)
-///             .await?; // a database error is retried with backoff
+///         let email = event.envelope.payload["email"]
+///             .as_str()
+///             .ok_or_else(|| HandlerError::permanent("user without email"))?; // DLQ now
+///         println!("welcome mail to {email}"); // must tolerate a second delivery
 ///         Ok(())
 ///     }
 /// }
 /// ```
 pub trait Handler: Send + Sync + 'static {
-    /// Applies one event; see the trait documentation for `conn`.
+    /// Applies one event.
+    fn handle(&self, event: &Event) -> impl Future<Output = Result<(), HandlerError>> + Send;
+}
+
+/// Applies events **inside the inbox transaction**: what a consumer built with
+/// [`with_inbox`](crate::ConsumerBuilder::with_inbox) runs.
+///
+/// `conn` is a connection inside the transaction that also records the event id in the
+/// inbox. Write your effects on it: they commit together with the inbox row, so they happen
+/// once per event id, and returning an error rolls them back. Effects outside `conn` are not
+/// protected.
+///
+/// A panic in `handle` is caught and treated as [`HandlerError::retry`]. A database error
+/// returned with `?` is retried with backoff, unless the database is unreachable: then the
+/// consumer waits for it without spending the message's deliveries (see the crate
+/// documentation).
+///
+/// # Examples
+///
+/// ```
+/// use diesel_async::{AsyncPgConnection, RunQueryDsl};
+/// use jetstream_bridge_consumer::{Event, HandlerError, InboxHandler};
+///
+/// struct ApplyBilling;
+///
+/// impl InboxHandler for ApplyBilling {
+///     async fn handle(
+///         &self,
+///         event: &Event,
+///         conn: &mut AsyncPgConnection,
+///     ) -> Result<(), HandlerError> {
+///         if event.envelope.event_type != "invoice.paid" {
+///             return Ok(()); // not ours: ack
+///         }
+///         diesel::sql_query("UPDATE invoices SET paid = true WHERE id = $1")
+///             .bind::<diesel::sql_types::Text, _>(&event.envelope.resource_id)
+///             .execute(conn)
+///             .await?;
+///         Ok(())
+///     }
+/// }
+/// ```
+pub trait InboxHandler: Send + Sync + 'static {
+    /// Applies one event on `conn`, inside the inbox transaction.
     fn handle(
         &self,
         event: &Event,
-        conn: Option<&mut AsyncPgConnection>,
+        conn: &mut AsyncPgConnection,
     ) -> impl Future<Output = Result<(), HandlerError>> + Send;
-
-    /// Batch mode hook, implemented by [`Batched`] only.
-    #[doc(hidden)]
-    fn __handle_batch<'a>(
-        &'a self,
-        _events: &'a [Event],
-        _conn: Option<&'a mut AsyncPgConnection>,
-    ) -> Option<BoxFuture<'a, Result<(), HandlerError>>> {
-        None
-    }
 }
 
-/// Applies several events at once: every event of one pull request (up to `batch_size`) that
-/// is not a duplicate, in stream order, in **one** inbox transaction with one commit and then
-/// one ack per message. Register it with
-/// [`ConsumerBuilder::batch_handler`](crate::ConsumerBuilder::batch_handler).
+/// Applies several events at once **inside the inbox transaction**: every event of one pull
+/// request (up to `batch_size`) that is not a duplicate, in stream order, in **one** inbox
+/// transaction with one commit and then one ack per message. Register it with
+/// [`ConsumerBuilder::batch_handler`](crate::ConsumerBuilder::batch_handler) after
+/// [`with_inbox`](crate::ConsumerBuilder::with_inbox).
 ///
 /// Per pull request the runtime runs: `BEGIN`; one multi-row inbox claim
 /// ([`Inbox::record_processed_batch`](jetstream_bridge_inbox::Inbox::record_processed_batch))
@@ -127,33 +114,25 @@ pub trait Handler: Send + Sync + 'static {
 /// handler therefore sees an event at most twice per delivery (in the batch, then alone) and
 /// must not have effects outside `conn`. Middleware wraps only these one-by-one calls.
 ///
-/// With the inbox **off** (`conn` is `None`) nothing rolls back and nothing filters
-/// duplicates: when a batch fails (an error, a panic, the `handler_timeout` cancelling it
-/// mid-way), the effects already applied for some of its events stay, and the fallback calls
-/// the handler again for **every** event of the batch, one by one, those whose effects
-/// already happened included. A handler without the inbox must be idempotent per event (the
-/// general rule without the inbox, which redeliveries after a lost ack or a crash require
-/// anyway); batch failures make such re-runs routine rather than rare.
-///
 /// While the batch and then its fallback run, every one of its messages gets in-progress
 /// acks (`progress_interval`), so a fallback longer than `ack_wait` does not get the events
-/// still waiting for their turn redelivered elsewhere.
+/// still waiting for their turn redelivered elsewhere. Push mode hands it one event at a
+/// time.
 ///
 /// # Examples
 ///
 /// ```
 /// use diesel_async::{AsyncPgConnection, RunQueryDsl};
-/// use jetstream_bridge_consumer::{BatchHandler, Event, HandlerError};
+/// use jetstream_bridge_consumer::{Event, HandlerError, InboxBatchHandler};
 ///
 /// struct CountEvents;
 ///
-/// impl BatchHandler for CountEvents {
+/// impl InboxBatchHandler for CountEvents {
 ///     async fn handle_batch(
 ///         &self,
 ///         events: &[Event],
-///         conn: Option<&mut AsyncPgConnection>,
+///         conn: &mut AsyncPgConnection,
 ///     ) -> Result<(), HandlerError> {
-///         let conn = conn.ok_or_else(|| HandlerError::permanent("inbox required"))?;
 ///         diesel::sql_query("UPDATE counters SET n = n + $1")
 ///             .bind::<diesel::sql_types::BigInt, _>(events.len() as i64)
 ///             .execute(conn)
@@ -162,38 +141,57 @@ pub trait Handler: Send + Sync + 'static {
 ///     }
 /// }
 /// ```
-pub trait BatchHandler: Send + Sync + 'static {
-    /// Applies `events` (never empty); `conn` as for [`Handler::handle`].
+pub trait InboxBatchHandler: Send + Sync + 'static {
+    /// Applies `events` (never empty) on `conn`, inside the inbox transaction.
     fn handle_batch(
         &self,
         events: &[Event],
-        conn: Option<&mut AsyncPgConnection>,
+        conn: &mut AsyncPgConnection,
     ) -> impl Future<Output = Result<(), HandlerError>> + Send;
 }
 
-/// A [`BatchHandler`] in the runtime's handler slot (what
-/// [`ConsumerBuilder::batch_handler`](crate::ConsumerBuilder::batch_handler) installs). As a
-/// [`Handler`] it applies one event as a one-event batch.
+/// Applies several events at once **without** the inbox: the events of one pull request (up
+/// to `batch_size`), in stream order, then one ack per message. Register it with
+/// [`ConsumerBuilder::batch_handler`](crate::ConsumerBuilder::batch_handler) on a builder
+/// without the inbox.
+///
+/// Nothing rolls back and nothing filters duplicates: when a batch fails (an error, a panic,
+/// the `handler_timeout` cancelling it mid-way), the effects already applied for some of its
+/// events stay, and the runtime calls the handler again for **every** event of the batch, one
+/// by one (each as a one-event batch, through the middleware), those whose effects already
+/// happened included; a retried event then runs again on each redelivery. So it must be
+/// idempotent per event (the general rule without the inbox, which redeliveries after a lost
+/// ack or a crash require anyway); batch failures make such re-runs routine rather than
+/// rare. In-progress acks and push mode as for [`InboxBatchHandler`].
+///
+/// # Examples
+///
+/// ```
+/// use jetstream_bridge_consumer::{BatchHandler, Event, HandlerError};
+///
+/// struct LogEvents;
+///
+/// impl BatchHandler for LogEvents {
+///     async fn handle_batch(&self, events: &[Event]) -> Result<(), HandlerError> {
+///         for event in events {
+///             println!("{} {}", event.envelope.event_type, event.envelope.event_id);
+///         }
+///         Ok(())
+///     }
+/// }
+/// ```
+pub trait BatchHandler: Send + Sync + 'static {
+    /// Applies `events` (never empty).
+    fn handle_batch(
+        &self,
+        events: &[Event],
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send;
+}
+
+/// A batch handler ([`BatchHandler`] or [`InboxBatchHandler`]) in a builder's handler slot:
+/// what [`ConsumerBuilder::batch_handler`](crate::ConsumerBuilder::batch_handler) installs.
 #[derive(Debug, Clone)]
 pub struct Batched<B>(pub B);
-
-impl<B: BatchHandler> Handler for Batched<B> {
-    fn handle(
-        &self,
-        event: &Event,
-        conn: Option<&mut AsyncPgConnection>,
-    ) -> impl Future<Output = Result<(), HandlerError>> + Send {
-        self.0.handle_batch(std::slice::from_ref(event), conn)
-    }
-
-    fn __handle_batch<'a>(
-        &'a self,
-        events: &'a [Event],
-        conn: Option<&'a mut AsyncPgConnection>,
-    ) -> Option<BoxFuture<'a, Result<(), HandlerError>>> {
-        Some(Box::pin(self.0.handle_batch(events, conn)))
-    }
-}
 
 /// What the runtime does with a failed message, see [`HandlerError`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -214,6 +212,8 @@ pub struct HandlerError {
     action: HandlerAction,
     class: Cow<'static, str>,
     source: BoxError,
+    /// The database was unavailable (an outage, not this message's failure).
+    unavailable: bool,
 }
 
 impl HandlerError {
@@ -227,6 +227,18 @@ impl HandlerError {
         Self::new(HandlerAction::RetryAfter(delay), error)
     }
 
+    /// The database (or another service every message needs) is unavailable: an outage, not a
+    /// failure of this message. The consumer holds the message and pauses fetching until the
+    /// database answers again, without spending a delivery, recording a failed attempt or
+    /// dead-lettering; then it runs the message again. Database errors returned with `?` are
+    /// classified so already (a lost or refused connection, a server shutting down or
+    /// starting up, too many connections, a read-only standby).
+    pub fn unavailable(error: impl Into<BoxError>) -> Self {
+        let mut e = Self::new(HandlerAction::Retry, error).with_class("DatabaseUnavailable");
+        e.unavailable = true;
+        e
+    }
+
     /// Dead-letter now (reason `unrecoverable`); the original is acked once the DLQ publish is
     /// acknowledged.
     pub fn permanent(error: impl Into<BoxError>) -> Self {
@@ -238,6 +250,7 @@ impl HandlerError {
             action,
             class: Cow::Borrowed("HandlerError"),
             source: error.into(),
+            unavailable: false,
         }
     }
 
@@ -265,6 +278,16 @@ impl HandlerError {
     pub fn cause(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
         &*self.source
     }
+
+    /// Whether this is an outage rather than a failure of the message: made by
+    /// [`unavailable`](Self::unavailable), or a retryable error caused by an unavailable
+    /// database (anywhere in its source chain). A [`permanent`](Self::permanent) error is
+    /// never one: the handler decided.
+    #[must_use]
+    pub fn is_unavailable(&self) -> bool {
+        self.action != HandlerAction::Permanent
+            && (self.unavailable || crate::outage::is_unavailable(&*self.source))
+    }
 }
 
 impl fmt::Debug for HandlerError {
@@ -273,6 +296,7 @@ impl fmt::Debug for HandlerError {
             .field("action", &self.action)
             .field("class", &self.class)
             .field("source", &self.source)
+            .field("unavailable", &self.unavailable)
             .finish()
     }
 }
@@ -289,37 +313,21 @@ impl std::error::Error for HandlerError {
     }
 }
 
-/// A database error is retryable (`?` on diesel calls in a handler).
+/// A database error (`?` on diesel calls in a handler) is retryable; an unavailable database
+/// is an [outage](HandlerError::unavailable).
 impl From<diesel::result::Error> for HandlerError {
     fn from(error: diesel::result::Error) -> Self {
-        Self::retry(error).with_class("DatabaseError")
+        if crate::outage::is_unavailable(&error) {
+            Self::unavailable(error)
+        } else {
+            Self::retry(error).with_class("DatabaseError")
+        }
     }
-}
-
-/// The NAK delay after failed delivery `deliveries` (1-based): `backoff[n-1]`, the last entry
-/// repeating; one second when the list is empty.
-pub(crate) fn backoff_for(backoff: &[Duration], deliveries: u32) -> Duration {
-    let index = usize::try_from(deliveries.saturating_sub(1)).unwrap_or(usize::MAX);
-    backoff
-        .get(index)
-        .or(backoff.last())
-        .copied()
-        .unwrap_or(Duration::from_secs(1))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_uses_the_entry_for_the_delivery_and_repeats_the_last() {
-        let b = [Duration::from_millis(200), Duration::from_millis(400)];
-        assert_eq!(backoff_for(&b, 1), b[0]);
-        assert_eq!(backoff_for(&b, 2), b[1]);
-        assert_eq!(backoff_for(&b, 9), b[1]);
-        assert_eq!(backoff_for(&b, 0), b[0]);
-        assert_eq!(backoff_for(&[], 3), Duration::from_secs(1));
-    }
 
     #[test]
     fn handler_error_actions() {
@@ -337,8 +345,21 @@ mod tests {
         );
         let db = HandlerError::from(diesel::result::Error::NotFound);
         assert_eq!(
-            (db.action(), db.class()),
-            (HandlerAction::Retry, "DatabaseError")
+            (db.action(), db.class(), db.is_unavailable()),
+            (HandlerAction::Retry, "DatabaseError", false)
+        );
+        let lost = HandlerError::from(diesel::result::Error::DatabaseError(
+            diesel::result::DatabaseErrorKind::ClosedConnection,
+            Box::new("connection closed".to_owned()),
+        ));
+        assert_eq!(
+            (lost.action(), lost.class(), lost.is_unavailable()),
+            (HandlerAction::Retry, "DatabaseUnavailable", true)
+        );
+        assert!(HandlerError::unavailable("pool timed out").is_unavailable());
+        assert!(
+            !HandlerError::permanent(diesel::result::Error::BrokenTransactionManager)
+                .is_unavailable()
         );
     }
 }

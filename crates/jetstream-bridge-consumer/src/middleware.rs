@@ -9,13 +9,17 @@ use std::time::{Duration, Instant};
 
 use diesel_async::AsyncPgConnection;
 
-use crate::handler::{Event, Handler, HandlerError};
+use crate::event::Event;
+use crate::handler::{
+    BatchHandler, Batched, Handler, HandlerError, InboxBatchHandler, InboxHandler,
+};
 
 /// A boxed, `Send` future (the return type of [`Middleware::call`]).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Code that runs around the handler for every event (after the envelope parsed; inside the
-/// inbox transaction when the inbox is on). Middlewares run in registration order, the first
+/// inbox transaction when the inbox is on; a batch handler's batches go to it directly, only
+/// its one-by-one fallback calls pass the middleware). Middlewares run in registration order, the first
 /// registered outermost; each calls [`Next::run`] to continue (or returns without calling it
 /// to short-circuit). Their errors are handled like the handler's.
 ///
@@ -47,51 +51,80 @@ pub trait Middleware: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<(), HandlerError>>;
 }
 
-/// The handler behind a trait object.
-pub(crate) trait ErasedHandler: Send + Sync {
+/// A handler called without a connection, behind a trait object.
+pub(crate) trait Call: Send + Sync {
+    fn call<'a>(&'a self, event: &'a Event) -> BoxFuture<'a, Result<(), HandlerError>>;
+}
+
+impl<H: Handler> Call for H {
+    fn call<'a>(&'a self, event: &'a Event) -> BoxFuture<'a, Result<(), HandlerError>> {
+        Box::pin(self.handle(event))
+    }
+}
+
+/// One event as a one-event batch.
+impl<B: BatchHandler> Call for Batched<B> {
+    fn call<'a>(&'a self, event: &'a Event) -> BoxFuture<'a, Result<(), HandlerError>> {
+        Box::pin(self.0.handle_batch(std::slice::from_ref(event)))
+    }
+}
+
+/// A handler called with the inbox transaction's connection, behind a trait object.
+pub(crate) trait CallInTx: Send + Sync {
     fn call<'a>(
         &'a self,
         event: &'a Event,
-        conn: Option<&'a mut AsyncPgConnection>,
+        conn: &'a mut AsyncPgConnection,
     ) -> BoxFuture<'a, Result<(), HandlerError>>;
 }
 
-impl<H: Handler> ErasedHandler for H {
+impl<H: InboxHandler> CallInTx for H {
     fn call<'a>(
         &'a self,
         event: &'a Event,
-        conn: Option<&'a mut AsyncPgConnection>,
+        conn: &'a mut AsyncPgConnection,
     ) -> BoxFuture<'a, Result<(), HandlerError>> {
         Box::pin(self.handle(event, conn))
     }
 }
 
+/// One event as a one-event batch.
+impl<B: InboxBatchHandler> CallInTx for Batched<B> {
+    fn call<'a>(
+        &'a self,
+        event: &'a Event,
+        conn: &'a mut AsyncPgConnection,
+    ) -> BoxFuture<'a, Result<(), HandlerError>> {
+        Box::pin(self.0.handle_batch(std::slice::from_ref(event), conn))
+    }
+}
+
+/// The handler at the end of the chain, with its connection when the inbox is on.
+pub(crate) enum Target<'a> {
+    Direct(&'a dyn Call),
+    InTx(&'a dyn CallInTx, &'a mut AsyncPgConnection),
+}
+
 /// The rest of the middleware chain and the handler (with its inbox connection).
 pub struct Next<'a> {
     rest: &'a [Arc<dyn Middleware>],
-    conn: Option<&'a mut AsyncPgConnection>,
-    handler: &'a dyn ErasedHandler,
+    target: Target<'a>,
 }
 
 impl fmt::Debug for Next<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Next")
             .field("middlewares_left", &self.rest.len())
-            .field("inbox_connection", &self.conn.is_some())
+            .field("inbox_connection", &matches!(self.target, Target::InTx(..)))
             .finish()
     }
 }
 
 impl<'a> Next<'a> {
-    pub(crate) fn new(
-        chain: &'a [Arc<dyn Middleware>],
-        conn: Option<&'a mut AsyncPgConnection>,
-        handler: &'a dyn ErasedHandler,
-    ) -> Self {
+    pub(crate) fn new(chain: &'a [Arc<dyn Middleware>], target: Target<'a>) -> Self {
         Self {
             rest: chain,
-            conn,
-            handler,
+            target,
         }
     }
 
@@ -112,13 +145,15 @@ impl<'a> Next<'a> {
                         event,
                         Next {
                             rest,
-                            conn: self.conn,
-                            handler: self.handler,
+                            target: self.target,
                         },
                     )
                     .await
             }
-            None => self.handler.call(event, self.conn).await,
+            None => match self.target {
+                Target::Direct(handler) => handler.call(event).await,
+                Target::InTx(handler, conn) => handler.call(event, conn).await,
+            },
         }
     }
 }
@@ -151,32 +186,51 @@ impl Middleware for LoggingMiddleware {
     }
 }
 
-/// Calls a hook after every event with the outcome and the duration (e.g. to feed
-/// `jetstream_messages_total` and `jetstream_processing_duration_seconds`).
-pub struct MetricsMiddleware<F> {
-    hook: F,
+/// Where [`MetricsMiddleware`] reports each event: the outcome of the chain below it and its
+/// duration. Implemented for closures `Fn(&Event, Result<(), &HandlerError>, Duration)`, and
+/// by the health crate's Prometheus registry (`jetstream_messages_total`,
+/// `jetstream_processing_duration_seconds`).
+pub trait MetricsRecorder: Send + Sync + 'static {
+    /// Records one handled event.
+    fn record(&self, event: &Event, outcome: Result<(), &HandlerError>, elapsed: Duration);
 }
 
-impl<F> fmt::Debug for MetricsMiddleware<F> {
+impl<F> MetricsRecorder for F
+where
+    F: Fn(&Event, Result<(), &HandlerError>, Duration) + Send + Sync + 'static,
+{
+    fn record(&self, event: &Event, outcome: Result<(), &HandlerError>, elapsed: Duration) {
+        self(event, outcome, elapsed);
+    }
+}
+
+/// Reports every event the handler sees to a [`MetricsRecorder`], with the outcome and the
+/// duration of the rest of the chain. Register it first so the duration covers the whole
+/// chain.
+///
+/// Messages acked without calling the handler (inbox duplicates) and malformed messages
+/// (dead-lettered before the handler) do not pass through it: see
+/// [`ConsumerStats`](crate::ConsumerStats).
+#[derive(Clone)]
+pub struct MetricsMiddleware<R> {
+    recorder: R,
+}
+
+impl<R> fmt::Debug for MetricsMiddleware<R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MetricsMiddleware").finish_non_exhaustive()
     }
 }
 
-impl<F> MetricsMiddleware<F>
-where
-    F: Fn(&Event, Result<(), &HandlerError>, Duration) + Send + Sync + 'static,
-{
-    /// A middleware calling `hook(event, outcome, duration)` after every event.
-    pub fn new(hook: F) -> Self {
-        Self { hook }
+impl<R: MetricsRecorder> MetricsMiddleware<R> {
+    /// A middleware reporting to `recorder` (a closure
+    /// `|event, outcome, elapsed| …` or a [`MetricsRecorder`]).
+    pub fn new(recorder: R) -> Self {
+        Self { recorder }
     }
 }
 
-impl<F> Middleware for MetricsMiddleware<F>
-where
-    F: Fn(&Event, Result<(), &HandlerError>, Duration) + Send + Sync + 'static,
-{
+impl<R: MetricsRecorder> Middleware for MetricsMiddleware<R> {
     fn call<'a>(
         &'a self,
         event: &'a Event,
@@ -185,7 +239,8 @@ where
         Box::pin(async move {
             let started = Instant::now();
             let result = next.run(event).await;
-            (self.hook)(event, result.as_ref().map(|_| ()), started.elapsed());
+            self.recorder
+                .record(event, result.as_ref().map(|_| ()), started.elapsed());
             result
         })
     }

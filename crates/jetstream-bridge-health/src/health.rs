@@ -479,6 +479,8 @@ impl Health {
     ///
     /// - shutting down ([`set_shutting_down`](Self::set_shutting_down), or the watched
     ///   consumer began its shutdown): answered at once, without a probe or the cache;
+    /// - the watched consumer waiting for an unavailable database (its stats'
+    ///   `db_outage`): answered at once too;
     /// - NATS not connected;
     /// - the stream or the durable missing, or the durable unusable as the server holds it
     ///   (see [`ConsumerReport::problems`](crate::ConsumerReport::problems)); not checked in
@@ -498,8 +500,11 @@ impl Health {
             reasons.push("shutting down".to_owned());
         }
         if let Some(consumer) = &self.inner.consumer {
-            if lock(consumer).observe().1.shutting_down {
+            let (stats, liveness) = lock(consumer).observe();
+            if liveness.shutting_down {
                 reasons.push("consumer runtime shutting down".to_owned());
+            } else if stats.db_outage {
+                reasons.push("consumer waiting for the database".to_owned());
             }
         }
         if !reasons.is_empty() {
@@ -598,7 +603,11 @@ impl Health {
             self.inner.metrics.observe_relay(&stats);
             liveness
         });
-        let consumer = self.inner.consumer.as_ref().map(|w| lock(w).observe().1);
+        let consumer = self.inner.consumer.as_ref().map(|w| {
+            let (stats, liveness) = lock(w).observe();
+            self.inner.metrics.observe_consumer(&stats);
+            liveness
+        });
         RuntimeReport { relay, consumer }
     }
 

@@ -21,8 +21,8 @@ pub use health::{
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub use http::{router, HEALTH_PATH, LIVE_PATH, METRICS_PATH, READY_PATH};
 pub use metrics::{
-    MessageStatus, Metrics, MetricsMiddleware, DEFAULT_MAX_EVENT_TYPES, MAX_EVENT_TYPE_LEN,
-    METRICS_CONTENT_TYPE, OTHER_EVENT_TYPE,
+    MessageStatus, Metrics, DEFAULT_MAX_EVENT_TYPES, MAX_EVENT_TYPE_LEN, METRICS_CONTENT_TYPE,
+    OTHER_EVENT_TYPE,
 };
 pub use report::{
     ConfigReport, ConnectionReport, ConsumerReport, DlqReport, HealthReport, OutboxReport,

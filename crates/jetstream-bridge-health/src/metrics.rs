@@ -1,13 +1,16 @@
-//! [`Metrics`]: the Prometheus registry with the seed's metric names, and
-//! [`MetricsMiddleware`], the consumer middleware that feeds the per-message ones.
+//! [`Metrics`]: the Prometheus registry with the seed's metric names; as a consumer
+//! [`MetricsRecorder`] it feeds the per-message ones through the consumer's
+//! [`MetricsMiddleware`].
 
 use std::collections::HashSet;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use jetstream_bridge_consumer::{BoxFuture, Event, HandlerAction, HandlerError, Middleware, Next};
+use jetstream_bridge_consumer::{
+    ConsumerStats, Event, HandlerAction, HandlerError, MetricsMiddleware, MetricsRecorder,
+};
 use jetstream_bridge_outbox::RelayStats;
 use prometheus_client::encoding::{EncodeGaugeValue, EncodeLabelSet, EncodeMetric, MetricEncoder};
 use prometheus_client::metrics::counter::Counter;
@@ -143,8 +146,8 @@ where
 ///
 /// | metric | type | labels | fed by |
 /// |---|---|---|---|
-/// | `jetstream_messages_total` | counter | `status`, `event_type` | [`MetricsMiddleware`] |
-/// | `jetstream_processing_duration_seconds` | histogram | `event_type` | [`MetricsMiddleware`] |
+/// | `jetstream_messages_total` | counter | `status`, `event_type` | [`Metrics::middleware`] |
+/// | `jetstream_processing_duration_seconds` | histogram | `event_type` | [`Metrics::middleware`] |
 /// | `jetstream_dlq_size` | gauge | | the probe (DLQ subject depth) |
 /// | `jetstream_consumer_pending` | gauge | | the probe (`CONSUMER.INFO` `num_pending`) |
 /// | `jetstream_consumer_ack_pending` | gauge | | the probe (`num_ack_pending`) |
@@ -155,6 +158,8 @@ where
 /// | `jetstream_outbox_published_total` | counter | | the relay's stats |
 /// | `jetstream_outbox_publish_failures_total` | counter | | the relay's stats |
 /// | `jetstream_health_up` | gauge | | the probe (1 healthy, 0 not) |
+/// | `jetstream_consumer_db_outage` | gauge | | the consumer's stats (1 while it waits for an unavailable database) |
+/// | `jetstream_consumer_db_outage_seconds` | gauge | | the consumer's stats (time spent waiting for the database, cumulative) |
 ///
 /// A probe gauge the last probe could not read (restricted mode makes no `$JS.API` request;
 /// a request failed; no database pool) has no sample (its `# TYPE` line stays), rather than a
@@ -182,6 +187,8 @@ struct MetricsInner {
     outbox_published: Counter,
     outbox_publish_failures: Counter,
     up: Gauge,
+    consumer_db_outage: Gauge,
+    consumer_db_outage_seconds: Gauge<f64, AtomicU64>,
     event_types: Mutex<HashSet<String>>,
     max_event_types: usize,
     relay_seen: Mutex<RelayStats>,
@@ -281,6 +288,18 @@ impl Metrics {
             "1 when the last health probe was healthy, else 0",
             up.clone(),
         );
+        let consumer_db_outage = Gauge::default();
+        registry.register(
+            "jetstream_consumer_db_outage",
+            "1 while the consumer waits for an unavailable database (fetching paused), else 0",
+            consumer_db_outage.clone(),
+        );
+        let consumer_db_outage_seconds = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "jetstream_consumer_db_outage_seconds",
+            "Time the consumer spent waiting for an unavailable database (cumulative)",
+            consumer_db_outage_seconds.clone(),
+        );
         Self {
             inner: Arc::new(MetricsInner {
                 registry,
@@ -296,6 +315,8 @@ impl Metrics {
                 outbox_published,
                 outbox_publish_failures,
                 up,
+                consumer_db_outage,
+                consumer_db_outage_seconds,
                 event_types: Mutex::new(HashSet::new()),
                 max_event_types: max.max(1),
                 relay_seen: Mutex::new(RelayStats::default()),
@@ -303,15 +324,17 @@ impl Metrics {
         }
     }
 
-    /// A consumer middleware recording every handled message into these metrics.
+    /// The consumer middleware recording every event the handler sees into these metrics
+    /// (`jetstream_messages_total{status,event_type}`,
+    /// `jetstream_processing_duration_seconds{event_type}`). Register it first so the duration
+    /// covers the whole chain. Inbox duplicates and malformed messages never reach the handler
+    /// and are not counted here (see the consumer's `ConsumerStats`).
     #[must_use]
-    pub fn middleware(&self) -> MetricsMiddleware {
-        MetricsMiddleware {
-            metrics: self.clone(),
-        }
+    pub fn middleware(&self) -> MetricsMiddleware<Self> {
+        MetricsMiddleware::new(self.clone())
     }
 
-    /// Records one handled message (what [`MetricsMiddleware`] calls).
+    /// Records one handled message (what the [`middleware`](Self::middleware) calls).
     pub fn record_message(&self, event_type: &str, status: MessageStatus, elapsed: Duration) {
         let event_type = self.event_type_label(event_type);
         self.inner
@@ -366,6 +389,16 @@ impl Metrics {
         *seen = *stats;
     }
 
+    /// Sets the consumer's database-outage gauges from its stats.
+    pub fn observe_consumer(&self, stats: &ConsumerStats) {
+        self.inner
+            .consumer_db_outage
+            .set(i64::from(stats.db_outage));
+        self.inner
+            .consumer_db_outage_seconds
+            .set(stats.db_outage_time.as_secs_f64());
+    }
+
     pub(crate) fn set_probe(&self, probe: &ProbeGauges) {
         let m = &self.inner;
         m.dlq_size.set(probe.dlq_size);
@@ -409,34 +442,13 @@ pub(crate) struct ProbeGauges {
     pub(crate) outbox_failed: Option<u64>,
 }
 
-/// A consumer [`Middleware`] recording `jetstream_messages_total{status,event_type}` and
-/// `jetstream_processing_duration_seconds{event_type}` for every event the handler sees
-/// (from [`Metrics::middleware`]). Register it first so the duration covers the whole chain.
-///
-/// Messages acked without calling the handler (inbox duplicates) and malformed messages
-/// (dead-lettered before the handler) are not counted here: see the consumer's
-/// `ConsumerStats`.
-#[derive(Debug, Clone)]
-pub struct MetricsMiddleware {
-    metrics: Metrics,
-}
-
-impl Middleware for MetricsMiddleware {
-    fn call<'a>(
-        &'a self,
-        event: &'a Event,
-        next: Next<'a>,
-    ) -> BoxFuture<'a, Result<(), HandlerError>> {
-        Box::pin(async move {
-            let started = Instant::now();
-            let result = next.run(event).await;
-            self.metrics.record_message(
-                &event.envelope.event_type,
-                MessageStatus::of(result.as_ref().map(|_| ())),
-                started.elapsed(),
-            );
-            result
-        })
+impl MetricsRecorder for Metrics {
+    fn record(&self, event: &Event, outcome: Result<(), &HandlerError>, elapsed: Duration) {
+        self.record_message(
+            &event.envelope.event_type,
+            MessageStatus::of(outcome),
+            elapsed,
+        );
     }
 }
 
@@ -506,6 +518,21 @@ mod tests {
         assert_eq!(
             sample(&text, "jetstream_outbox_publish_failures_total"),
             Some("1")
+        );
+    }
+
+    #[test]
+    fn consumer_outage_gauges_follow_the_stats() {
+        let m = Metrics::new();
+        let mut stats = ConsumerStats::default();
+        stats.db_outage = true;
+        stats.db_outage_time = Duration::from_millis(2500);
+        m.observe_consumer(&stats);
+        let text = m.encode().unwrap();
+        assert_eq!(sample(&text, "jetstream_consumer_db_outage"), Some("1"));
+        assert_eq!(
+            sample(&text, "jetstream_consumer_db_outage_seconds"),
+            Some("2.5")
         );
     }
 

@@ -12,6 +12,11 @@ use crate::report::{rfc3339, RuntimeLiveness};
 /// What a runtime's stats say about shutting down.
 pub(crate) trait RuntimeStats: Copy + Send + Sync + 'static {
     fn shutting_down(&self) -> bool;
+
+    /// Waiting on purpose (an unavailable database): unchanged counters are not a stall.
+    fn waiting(&self) -> bool {
+        false
+    }
 }
 
 impl RuntimeStats for RelayStats {
@@ -23,6 +28,10 @@ impl RuntimeStats for RelayStats {
 impl RuntimeStats for ConsumerStats {
     fn shutting_down(&self) -> bool {
         self.shutting_down
+    }
+
+    fn waiting(&self) -> bool {
+        self.db_outage
     }
 }
 
@@ -63,8 +72,10 @@ impl<S: RuntimeStats> Watched<S> {
         let stats = *self.rx.borrow();
         let since = self.last_change.elapsed();
         let shutting_down = stats.shutting_down();
-        let stalled =
-            running && !shutting_down && self.stall_after.is_some_and(|limit| since > limit);
+        let stalled = running
+            && !shutting_down
+            && !stats.waiting()
+            && self.stall_after.is_some_and(|limit| since > limit);
         (
             stats,
             RuntimeLiveness {
@@ -115,6 +126,22 @@ mod tests {
         drop(tx);
         let (_, l) = w.observe();
         assert!(!l.running && l.shutting_down && l.is_live());
+    }
+
+    /// A consumer waiting for an unavailable database is not stalled, however long it waits.
+    #[tokio::test(start_paused = true)]
+    async fn waiting_for_the_database_is_no_stall() {
+        let (tx, rx) = watch::channel(ConsumerStats::default());
+        let mut w = Watched::new(rx, Some(Duration::from_secs(60)));
+        tx.send_modify(|s| s.db_outage = true);
+        w.observe();
+        tokio::time::advance(Duration::from_secs(600)).await;
+        let (s, l) = w.observe();
+        assert!(s.db_outage && !l.stalled && l.is_live(), "{l:?}");
+        tx.send_modify(|s| s.db_outage = false);
+        w.observe();
+        tokio::time::advance(Duration::from_secs(61)).await;
+        assert!(w.observe().1.stalled);
     }
 
     /// The relay has no stall limit: an idle relay stays live.

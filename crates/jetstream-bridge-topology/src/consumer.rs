@@ -341,6 +341,88 @@ pub(crate) async fn update(
     }
 }
 
+/// A durable as the server holds it, read by [`lookup_durable`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DurableInfo {
+    /// The server's `max_deliver` (`None` when unlimited or unset): the delivery on which a
+    /// consumer runtime dead-letters a failing message.
+    pub max_deliver: Option<u32>,
+    /// The server's `ack_wait` (`None` when unset).
+    pub ack_wait: Option<Duration>,
+}
+
+impl DurableInfo {
+    fn from_config(config: &Value) -> Self {
+        Self {
+            max_deliver: config
+                .get("max_deliver")
+                .and_then(Value::as_i64)
+                .and_then(|n| u32::try_from(n).ok())
+                .filter(|n| *n > 0),
+            ack_wait: config
+                .get("ack_wait")
+                .and_then(Value::as_u64)
+                .filter(|n| *n > 0)
+                .map(Duration::from_nanos),
+        }
+    }
+}
+
+/// Reads durable `durable` of stream `stream` from the server (one `CONSUMER.INFO` request):
+/// `Ok(None)` when the durable or its stream does not exist (JetStream errors 10014 and
+/// 10059), so a runtime can tell a missing durable from a failed request.
+///
+/// Needs the JetStream API: restricted users (`disable_js_api`) usually may not send it.
+///
+/// # Errors
+///
+/// [`TopologyErrorKind::InvalidSpec`] when `stream` or `durable` is not a valid NATS name;
+/// [`Timeout`](TopologyErrorKind::Timeout),
+/// [`JetStreamUnavailable`](TopologyErrorKind::JetStreamUnavailable) or
+/// [`Api`](TopologyErrorKind::Api) when the request fails or the server refuses it.
+///
+/// # Examples
+///
+/// ```no_run
+/// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+/// use jetstream_bridge_config::Config;
+/// use jetstream_bridge_topology::{connect, lookup_durable};
+///
+/// let config = Config::from_env()?;
+/// let connection = connect(&config).await?;
+/// let js = connection.jetstream();
+/// match lookup_durable(&js, config.stream_name().as_str(), config.durable_name().as_str()).await? {
+///     Some(info) => println!("max_deliver {:?}", info.max_deliver),
+///     None => println!("the durable is missing: run ensure-topology"),
+/// }
+/// # Ok(()) }
+/// ```
+pub async fn lookup_durable(
+    js: &jetstream::Context,
+    stream: &str,
+    durable: &str,
+) -> Result<Option<DurableInfo>, TopologyError> {
+    validate_names(stream, durable)?;
+    match read(&Api::new(js, None, None), stream, durable).await? {
+        Existing::Present(config) => Ok(Some(DurableInfo::from_config(&config))),
+        Existing::Absent => Ok(None),
+    }
+}
+
+/// `stream` and `durable` as valid NATS names, else [`TopologyErrorKind::InvalidSpec`].
+fn validate_names(stream: &str, durable: &str) -> Result<(), TopologyError> {
+    for (what, name) in [("stream", stream), ("durable", durable)] {
+        NatsName::new(name).map_err(|e| {
+            TopologyError::new(
+                TopologyErrorKind::InvalidSpec,
+                format!("invalid {what} name {name:?}: {e}"),
+            )
+        })?;
+    }
+    Ok(())
+}
+
 /// A pull consumer handle for a durable that already exists, built from the names alone: **no**
 /// JetStream API call is made (no `CONSUMER.INFO`), so it works for restricted users whose only
 /// JetStream permissions are `$JS.API.CONSUMER.MSG.NEXT.<stream>.<durable>` and
@@ -384,14 +466,7 @@ pub fn bind_pull_consumer(
     stream: &str,
     durable: &str,
 ) -> Result<PullConsumer, TopologyError> {
-    for (what, name) in [("stream", stream), ("durable", durable)] {
-        NatsName::new(name).map_err(|e| {
-            TopologyError::new(
-                TopologyErrorKind::InvalidSpec,
-                format!("invalid {what} name {name:?}: {e}"),
-            )
-        })?;
-    }
+    validate_names(stream, durable)?;
     let info = json!({
         "stream_name": stream,
         "name": durable,
@@ -469,6 +544,15 @@ mod tests {
         let push = spec(ConsumerMode::Push);
         let fields: Vec<_> = compare(&push, &actual).iter().map(|d| d.field).collect();
         assert!(fields.contains(&"deliver_subject"));
+    }
+
+    #[test]
+    fn durable_info_reads_max_deliver_and_ack_wait() {
+        let info = DurableInfo::from_config(&desired_config(&spec(ConsumerMode::Pull)));
+        assert_eq!(info.max_deliver, Some(5));
+        assert_eq!(info.ack_wait, Some(Duration::from_secs(30)));
+        let unlimited = DurableInfo::from_config(&json!({"max_deliver": -1}));
+        assert_eq!((unlimited.max_deliver, unlimited.ack_wait), (None, None));
     }
 
     #[tokio::test]

@@ -14,7 +14,7 @@ mod violations;
 
 pub use check::{check, DurableCheck, DurableIssue, StreamCheck, TopologyCheck};
 pub use connect::{connect, connect_options, server_urls, Connection};
-pub use consumer::bind_pull_consumer;
+pub use consumer::{bind_pull_consumer, lookup_durable, DurableInfo};
 pub use ensure::{
     ensure_topology, plan, Note, PlannedAction, StreamRole, TopologyPlan, TopologyReport,
 };

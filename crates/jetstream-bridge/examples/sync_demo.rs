@@ -193,17 +193,14 @@ async fn exchange(
     let relay = Relay::builder(orders_config, orders_nats.jetstream(), orders_pool.clone())
         .build()?
         .spawn();
-    let consumer = Consumer::builder(
-        billing_config.clone(),
-        billing_nats.jetstream(),
-        Some(billing_pool.clone()),
-    )
-    .handler(Billing)
-    .concurrency(4)
-    .fetch_wait(Duration::from_millis(500))
-    .shutdown_timeout(Duration::from_secs(5))
-    .build()?
-    .spawn();
+    let consumer = Consumer::builder(billing_config.clone(), billing_nats.jetstream())
+        .with_inbox(billing_pool.clone())
+        .handler(Billing)
+        .concurrency(4)
+        .fetch_wait(Duration::from_millis(500))
+        .shutdown_timeout(Duration::from_secs(5))
+        .build()?
+        .spawn();
 
     // --- orders writes orders; each transaction carries its event --------------------------
     let outbox = Outbox::new(orders_config);
@@ -369,16 +366,15 @@ async fn insert_order_and_event(
 /// The billing service's handler: one invoice per order, in the inbox transaction.
 struct Billing;
 
-impl Handler for Billing {
+impl InboxHandler for Billing {
     async fn handle(
         &self,
         event: &Event,
-        conn: Option<&mut AsyncPgConnection>,
+        conn: &mut AsyncPgConnection,
     ) -> Result<(), HandlerError> {
         if event.envelope.event_type != "order.created" {
             return Ok(()); // not ours
         }
-        let conn = conn.ok_or_else(|| HandlerError::permanent("billing runs with the inbox on"))?;
         let total = event.envelope.payload["total_cents"]
             .as_i64()
             .ok_or_else(|| HandlerError::permanent("order.created without total_cents"))?;

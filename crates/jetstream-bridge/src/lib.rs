@@ -85,14 +85,16 @@ pub use jetstream_bridge_consumer as consumer;
 #[doc(inline)]
 pub use jetstream_bridge_consumer::{
     Consumer, ConsumerError, ConsumerErrorKind, ConsumerHandle, Event, Handler, HandlerError,
-    ShutdownReport,
+    InboxHandler, ShutdownReport,
 };
 
 /// Traits an application implements or calls methods of, for a glob import.
 pub mod prelude {
     #[cfg(feature = "consumer")]
     #[cfg_attr(docsrs, doc(cfg(feature = "consumer")))]
-    pub use jetstream_bridge_consumer::{BatchHandler, Handler, Middleware};
+    pub use jetstream_bridge_consumer::{
+        BatchHandler, Handler, InboxBatchHandler, InboxHandler, Middleware,
+    };
 }
 
 #[cfg(feature = "health")]

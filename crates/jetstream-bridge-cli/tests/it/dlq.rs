@@ -8,7 +8,7 @@ use async_nats::HeaderMap;
 use diesel_async::{AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use jetstream_bridge_config::{Config, Envelope, MSG_ID_HEADER, REPLAY_OF_HEADER};
 use jetstream_bridge_consumer::{
-    Consumer, ConsumerHandle, ConsumerStats, Event, Handler, HandlerError,
+    Consumer, ConsumerHandle, ConsumerStats, Event, HandlerError, InboxHandler,
 };
 use serde_json::{json, Value};
 
@@ -21,17 +21,16 @@ struct PoisonHandler {
     poison: Arc<Mutex<HashSet<String>>>,
 }
 
-impl Handler for PoisonHandler {
+impl InboxHandler for PoisonHandler {
     async fn handle(
         &self,
         event: &Event,
-        conn: Option<&mut AsyncPgConnection>,
+        conn: &mut AsyncPgConnection,
     ) -> Result<(), HandlerError> {
         let id = event.envelope.event_id.as_str();
         if self.poison.lock().unwrap().contains(id) {
             return Err(HandlerError::permanent("bad input").with_class("Validation"));
         }
-        let conn = conn.ok_or_else(|| HandlerError::permanent("the inbox must be on"))?;
         diesel::sql_query("INSERT INTO effects (event_id) VALUES ($1)")
             .bind::<diesel::sql_types::Text, _>(id)
             .execute(conn)
@@ -151,17 +150,14 @@ async fn replayed_events_are_applied_exactly_once() {
     let id = |i: usize| events[i].event_id.as_str().to_owned();
     let handler = PoisonHandler::default();
     handler.poison.lock().unwrap().extend([id(0), id(1), id(2)]);
-    let handle = Consumer::builder(
-        config.clone(),
-        env.t.jetstream().clone(),
-        Some(env.db.pool().clone()),
-    )
-    .handler(handler.clone())
-    .fetch_wait(std::time::Duration::from_millis(500))
-    .concurrency(1)
-    .build()
-    .unwrap()
-    .spawn();
+    let handle = Consumer::builder(config.clone(), env.t.jetstream().clone())
+        .with_inbox(env.db.pool().clone())
+        .handler(handler.clone())
+        .fetch_wait(std::time::Duration::from_millis(500))
+        .concurrency(1)
+        .build()
+        .unwrap()
+        .spawn();
     for e in &events {
         publish(&env, &config, e).await;
     }

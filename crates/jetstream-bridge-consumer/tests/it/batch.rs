@@ -6,7 +6,7 @@ use std::time::Duration;
 use async_nats::HeaderMap;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use jetstream_bridge_config::{DELIVERIES_HEADER, DLQ_REASON_HEADER, MSG_ID_HEADER};
-use jetstream_bridge_consumer::{BatchHandler, Event, HandlerError};
+use jetstream_bridge_consumer::{Event, HandlerError, InboxBatchHandler};
 use jetstream_bridge_testkit::eventually;
 use tokio::sync::Notify;
 
@@ -25,18 +25,17 @@ struct Recorder {
     hung: Arc<Notify>,
 }
 
-impl BatchHandler for Recorder {
+impl InboxBatchHandler for Recorder {
     async fn handle_batch(
         &self,
         events: &[Event],
-        conn: Option<&mut AsyncPgConnection>,
+        conn: &mut AsyncPgConnection,
     ) -> Result<(), HandlerError> {
         let call = {
             let mut sizes = self.sizes.lock().unwrap();
             sizes.push(events.len());
             sizes.len()
         };
-        let conn = conn.expect("inbox on");
         for event in events {
             diesel::sql_query("INSERT INTO effects (event_id) VALUES ($1)")
                 .bind::<diesel::sql_types::Text, _>(event.envelope.event_id.as_str())
@@ -86,6 +85,67 @@ async fn batch_handler_gets_the_pull_request_in_one_call() {
     handle.shutdown().await.unwrap();
     assert_eq!(*recorder.sizes.lock().unwrap(), [10]);
     assert_eq!(env.effects().await, 10);
+    env.wait_stream_drained().await;
+    env.teardown().await;
+}
+
+/// Collects the event ids of each call, without the inbox; fails retryably when a batch holds
+/// more than one event with payload id `poison`.
+#[derive(Clone, Default)]
+struct Plain {
+    calls: Arc<Mutex<Vec<Vec<u64>>>>,
+    poison: Option<u64>,
+}
+
+impl jetstream_bridge_consumer::BatchHandler for Plain {
+    async fn handle_batch(&self, events: &[Event]) -> Result<(), HandlerError> {
+        let ids: Vec<u64> = events
+            .iter()
+            .map(|e| e.envelope.payload["id"].as_u64().unwrap())
+            .collect();
+        let poisoned = self
+            .poison
+            .is_some_and(|p| ids.len() > 1 && ids.contains(&p));
+        self.calls.lock().unwrap().push(ids);
+        if poisoned {
+            return Err(HandlerError::retry("poison"));
+        }
+        Ok(())
+    }
+}
+
+/// Without the inbox a batch handler gets the pull request in one call (no connection); a
+/// failed batch is replayed event by event, every event included.
+#[tokio::test(flavor = "multi_thread")]
+async fn batch_handler_without_the_inbox() {
+    let env = Env::new(|c| c.batch_size(20).use_inbox(false)).await;
+    for n in 0..4 {
+        env.publish_gem(&envelope(n)).await;
+    }
+    let handler = Plain {
+        poison: Some(2),
+        ..Plain::default()
+    };
+    let handle = env
+        .consumer_without_inbox()
+        .batch_handler(handler.clone())
+        .build()
+        .unwrap()
+        .spawn();
+    let stats = wait(&handle, |s| s.processed >= 4).await;
+    handle.shutdown().await.unwrap();
+    assert_eq!(
+        (stats.processed, stats.retried, stats.duplicates),
+        (4, 0, 0)
+    );
+    assert_eq!(
+        *handler.calls.lock().unwrap(),
+        [vec![0, 1, 2, 3], vec![0], vec![1], vec![2], vec![3]]
+    );
+    assert_eq!(
+        count(&env.db, "SELECT count(*) AS n FROM jetstream_inbox_events").await,
+        0
+    );
     env.wait_stream_drained().await;
     env.teardown().await;
 }
@@ -355,13 +415,12 @@ struct Insert {
     per_row: bool,
 }
 
-impl BatchHandler for Insert {
+impl InboxBatchHandler for Insert {
     async fn handle_batch(
         &self,
         events: &[Event],
-        conn: Option<&mut AsyncPgConnection>,
+        conn: &mut AsyncPgConnection,
     ) -> Result<(), HandlerError> {
-        let conn = conn.ok_or_else(|| HandlerError::permanent("inbox off"))?;
         if self.per_row {
             for event in events {
                 diesel::sql_query("INSERT INTO effects (event_id) VALUES ($1)")
@@ -449,11 +508,11 @@ struct SlowFallback {
     seen: Arc<Mutex<Vec<(u64, u32)>>>,
 }
 
-impl BatchHandler for SlowFallback {
+impl InboxBatchHandler for SlowFallback {
     async fn handle_batch(
         &self,
         events: &[Event],
-        _conn: Option<&mut AsyncPgConnection>,
+        _conn: &mut AsyncPgConnection,
     ) -> Result<(), HandlerError> {
         if events.len() > 1 {
             return Err(HandlerError::retry("whole batch fails"));
@@ -518,11 +577,11 @@ struct Sleepy {
     sizes: Arc<Mutex<Vec<usize>>>,
 }
 
-impl BatchHandler for Sleepy {
+impl InboxBatchHandler for Sleepy {
     async fn handle_batch(
         &self,
         events: &[Event],
-        _conn: Option<&mut AsyncPgConnection>,
+        _conn: &mut AsyncPgConnection,
     ) -> Result<(), HandlerError> {
         let call = {
             let mut sizes = self.sizes.lock().unwrap();

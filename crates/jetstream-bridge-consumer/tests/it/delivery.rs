@@ -210,3 +210,39 @@ async fn push_mode_consumes_with_the_same_guarantees() {
     env.wait_stream_drained().await;
     env.teardown().await;
 }
+
+/// Per-message mode: messages of one pull that wait for a slot longer than `ack_wait`
+/// (concurrency 1, 5 messages × 600 ms, ack_wait 1 s) get in-progress acks while they wait:
+/// none is redelivered, the server delivered each once.
+#[tokio::test(flavor = "multi_thread")]
+async fn messages_waiting_for_a_slot_are_not_redelivered() {
+    let env = Env::new(|c| c.batch_size(5).ack_wait("1s")).await;
+    for n in 0..5 {
+        env.publish_gem(&envelope(n)).await;
+    }
+    let handler = TestHandler::new(Behaviour::Sleep(Duration::from_millis(600)));
+    let handle = env
+        .consumer()
+        .handler(handler.clone())
+        .concurrency(1)
+        .progress_interval(Some(Duration::from_millis(200)))
+        .build()
+        .unwrap()
+        .spawn();
+    let stats = wait(&handle, |s| s.processed >= 5).await;
+    let delivered = env
+        .js()
+        .get_stream(env.spec.stream_name())
+        .await
+        .unwrap()
+        .consumer_info(env.config.durable_name().as_str())
+        .await
+        .unwrap()
+        .delivered
+        .consumer_sequence;
+    handle.shutdown().await.unwrap();
+    assert_eq!((delivered, stats.duplicates), (5, 0), "{stats:?}");
+    assert!(handler.calls().iter().all(|c| c.deliveries == 1));
+    env.wait_stream_drained().await;
+    env.teardown().await;
+}

@@ -238,13 +238,13 @@ async fn server_max_deliver_wins_over_a_differing_config() {
     let config = env.config_builder().max_deliver(10).build().unwrap();
     env.publish_gem(&envelope(1)).await;
     let handler = TestHandler::new(Behaviour::FailAlways);
-    let handle =
-        jetstream_bridge_consumer::Consumer::builder(config, env.js(), Some(env.db.pool().clone()))
-            .handler(handler.clone())
-            .fetch_wait(Duration::from_millis(500))
-            .build()
-            .unwrap()
-            .spawn();
+    let handle = jetstream_bridge_consumer::Consumer::builder(config, env.js())
+        .with_inbox(env.db.pool().clone())
+        .handler(handler.clone())
+        .fetch_wait(Duration::from_millis(500))
+        .build()
+        .unwrap()
+        .spawn();
     let stats = wait(&handle, |s| s.dead_lettered >= 1).await;
     assert_eq!(stats.retried, 2);
     let dlq = env.dlq_messages(1).await;

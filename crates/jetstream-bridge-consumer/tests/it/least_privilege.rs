@@ -12,7 +12,7 @@ use futures_util::StreamExt;
 use jetstream_bridge_config::{
     Config, ConsumerMode, Envelope, DLQ_CONTEXT_HEADER, DLQ_REASON_HEADER,
 };
-use jetstream_bridge_consumer::{Consumer, Event, Handler, HandlerError};
+use jetstream_bridge_consumer::{Consumer, Event, HandlerError, InboxHandler};
 use jetstream_bridge_testkit::{eventually, NatsServer, TestDb};
 use jetstream_bridge_topology::{connect, Connection, EnsureOptions, TopologySpec};
 use serde_json::json;
@@ -74,11 +74,11 @@ struct Orders {
     seen: Arc<Mutex<Vec<String>>>,
 }
 
-impl Handler for Orders {
+impl InboxHandler for Orders {
     async fn handle(
         &self,
         event: &Event,
-        conn: Option<&mut AsyncPgConnection>,
+        conn: &mut AsyncPgConnection,
     ) -> Result<(), HandlerError> {
         self.seen
             .lock()
@@ -89,7 +89,7 @@ impl Handler for Orders {
         }
         diesel::sql_query("INSERT INTO effects (event_id) VALUES ($1)")
             .bind::<diesel::sql_types::Text, _>(event.envelope.event_id.as_str())
-            .execute(conn.expect("inbox connection"))
+            .execute(conn)
             .await?;
         Ok(())
     }
@@ -190,7 +190,8 @@ async fn consume_as(user: &str, mode: ConsumerMode) -> Vec<String> {
     assert!(runtime_config.disable_js_api(), "restricted mode");
     let runtime = connect(&runtime_config).await.unwrap();
     let handler = Orders::default();
-    let handle = Consumer::builder(runtime_config, runtime.jetstream(), Some(db.pool().clone()))
+    let handle = Consumer::builder(runtime_config, runtime.jetstream())
+        .with_inbox(db.pool().clone())
         .handler(handler.clone())
         .fetch_wait(Duration::from_millis(500))
         .shutdown_timeout(Duration::from_secs(5))
@@ -319,7 +320,8 @@ async fn push_runtime_needs_the_delivery_subject_beyond_the_guides_list() {
     let db = TestDb::new().await;
     let runtime_config = config(&server, "seed", ConsumerMode::Push);
     let runtime = connect(&runtime_config).await.unwrap();
-    let handle = Consumer::builder(runtime_config, runtime.jetstream(), Some(db.pool().clone()))
+    let handle = Consumer::builder(runtime_config, runtime.jetstream())
+        .with_inbox(db.pool().clone())
         .handler(Orders::default())
         .build()
         .unwrap()

@@ -7,6 +7,7 @@ mod batch;
 mod delivery;
 mod dlq;
 mod fault_nats;
+mod fault_pg;
 mod least_privilege;
 mod middleware;
 mod recovery;
@@ -25,8 +26,8 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use futures_util::StreamExt;
 use jetstream_bridge_config::{Config, ConfigBuilder, Envelope, SubjectLayout};
 use jetstream_bridge_consumer::{
-    Consumer, ConsumerBuilder, ConsumerHandle, ConsumerStats, Event, Handler, HandlerError,
-    NoHandler,
+    Consumer, ConsumerBuilder, ConsumerHandle, ConsumerStats, Event, HandlerError, InboxHandler,
+    WithInbox,
 };
 use jetstream_bridge_testkit::{TestDb, TestNats};
 use jetstream_bridge_topology::{ensure_topology, EnsureOptions, TopologySpec};
@@ -104,12 +105,18 @@ impl Env {
         self.t.jetstream().clone()
     }
 
-    /// A builder with test timings (short fetch wait and recovery backoff, 5 s shutdown).
-    pub(crate) fn consumer(&self) -> ConsumerBuilder<NoHandler> {
-        Consumer::builder(self.config.clone(), self.js(), Some(self.db.pool().clone()))
-            .fetch_wait(Duration::from_millis(500))
-            .recovery_backoff(Duration::from_millis(50), Duration::from_millis(500))
-            .shutdown_timeout(Duration::from_secs(5))
+    /// A builder with the inbox on the test database and test timings (short fetch wait and
+    /// recovery backoff, 5 s shutdown).
+    pub(crate) fn consumer(&self) -> ConsumerBuilder<WithInbox> {
+        test_timings(
+            Consumer::builder(self.config.clone(), self.js()).with_inbox(self.db.pool().clone()),
+        )
+    }
+
+    /// A builder without the inbox, with test timings (the config must have `use_inbox`
+    /// off).
+    pub(crate) fn consumer_without_inbox(&self) -> ConsumerBuilder {
+        test_timings(Consumer::builder(self.config.clone(), self.js()))
     }
 
     /// Publishes `body` to the consumer's subject with `headers`; returns the stream sequence.
@@ -258,11 +265,11 @@ impl TestHandler {
     }
 }
 
-impl Handler for TestHandler {
+impl InboxHandler for TestHandler {
     async fn handle(
         &self,
         event: &Event,
-        conn: Option<&mut AsyncPgConnection>,
+        conn: &mut AsyncPgConnection,
     ) -> Result<(), HandlerError> {
         let first = {
             let mut calls = self.calls.lock().unwrap();
@@ -274,12 +281,10 @@ impl Handler for TestHandler {
             });
             calls.len() == 1
         };
-        if let Some(conn) = conn {
-            diesel::sql_query("INSERT INTO effects (event_id) VALUES ($1)")
-                .bind::<diesel::sql_types::Text, _>(event.envelope.event_id.as_str())
-                .execute(conn)
-                .await?;
-        }
+        diesel::sql_query("INSERT INTO effects (event_id) VALUES ($1)")
+            .bind::<diesel::sql_types::Text, _>(event.envelope.event_id.as_str())
+            .execute(conn)
+            .await?;
         match self.behaviour {
             Behaviour::Succeed => Ok(()),
             Behaviour::FailAlways => Err(HandlerError::retry("boom")),
@@ -325,4 +330,12 @@ pub(crate) fn header<'a>(message: &'a Message, name: &str) -> Option<&'a str> {
         .as_ref()
         .and_then(|h| h.get(name))
         .map(|v| v.as_str())
+}
+
+/// Short fetch wait and recovery backoff, 5 s shutdown.
+pub(crate) fn test_timings<I, H>(builder: ConsumerBuilder<I, H>) -> ConsumerBuilder<I, H> {
+    builder
+        .fetch_wait(Duration::from_millis(500))
+        .recovery_backoff(Duration::from_millis(50), Duration::from_millis(500))
+        .shutdown_timeout(Duration::from_secs(5))
 }

@@ -1,6 +1,6 @@
 //! Recovery: a durable deleted under a running runtime.
 
-use jetstream_bridge_consumer::{Consumer, ConsumerErrorKind};
+use jetstream_bridge_consumer::{Consumer, ConsumerErrorKind, Event, Handler, HandlerError};
 
 use crate::{envelope, wait, Behaviour, Env, TestHandler};
 
@@ -65,12 +65,20 @@ async fn restricted_mode_keeps_retrying_until_the_durable_is_back() {
     env.teardown().await;
 }
 
-/// `use_inbox` without a pool is rejected at build time.
+struct Noop;
+
+impl Handler for Noop {
+    async fn handle(&self, _event: &Event) -> Result<(), HandlerError> {
+        Ok(())
+    }
+}
+
+/// A config with `use_inbox` on and a builder without the inbox is rejected at build time.
 #[tokio::test(flavor = "multi_thread")]
 async fn inbox_without_pool_is_rejected() {
     let env = Env::new(|c| c).await;
-    let err = Consumer::builder(env.config.clone(), env.js(), None)
-        .handler(TestHandler::new(Behaviour::Succeed))
+    let err = Consumer::builder(env.config.clone(), env.js())
+        .handler(Noop)
         .build()
         .unwrap_err();
     assert_eq!(err.kind(), ConsumerErrorKind::MissingPool);

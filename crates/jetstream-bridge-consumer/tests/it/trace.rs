@@ -4,7 +4,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use async_nats::HeaderMap;
-use diesel_async::AsyncPgConnection;
 use jetstream_bridge_config::TraceParent;
 use jetstream_bridge_consumer::{Event, Handler, HandlerError};
 use tracing::field::{Field, Visit};
@@ -58,11 +57,7 @@ struct SeesTrace(Arc<Mutex<Vec<Seen>>>);
 type Seen = (String, Option<TraceParent>, Option<TraceParent>);
 
 impl Handler for SeesTrace {
-    async fn handle(
-        &self,
-        event: &Event,
-        _conn: Option<&mut AsyncPgConnection>,
-    ) -> Result<(), HandlerError> {
+    async fn handle(&self, event: &Event) -> Result<(), HandlerError> {
         self.0.lock().unwrap().push((
             event.envelope.resource_id.clone(),
             event.metadata.traceparent,
@@ -98,7 +93,7 @@ async fn the_producers_trace_reaches_the_handle_span_and_the_handler() {
     }
     let handler = SeesTrace::default();
     let handle = env
-        .consumer()
+        .consumer_without_inbox()
         .handler(handler.clone())
         .build()
         .unwrap()

@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use diesel_async::AsyncPgConnection;
 use jetstream_bridge_consumer::{Consumer, Event, Handler, HandlerError};
 use jetstream_bridge_health::{Metrics, METRICS_CONTENT_TYPE};
 
@@ -13,11 +12,7 @@ use crate::{get, parse_metrics, serve, Env, WAIT};
 struct RejectSome;
 
 impl Handler for RejectSome {
-    async fn handle(
-        &self,
-        event: &Event,
-        _conn: Option<&mut AsyncPgConnection>,
-    ) -> Result<(), HandlerError> {
+    async fn handle(&self, event: &Event) -> Result<(), HandlerError> {
         if event.envelope.event_type == "order.rejected" {
             return Err(HandlerError::permanent("rejected"));
         }
@@ -32,7 +27,7 @@ impl Handler for RejectSome {
 async fn metrics_count_the_messages_a_consumer_handled() {
     let env = Env::new(|c| c).await;
     let metrics = Metrics::new();
-    let handle = Consumer::builder(env.config.clone(), env.t.jetstream().clone(), None)
+    let handle = Consumer::builder(env.config.clone(), env.t.jetstream().clone())
         .handler(RejectSome)
         .middleware(metrics.middleware())
         .fetch_wait(Duration::from_millis(300))

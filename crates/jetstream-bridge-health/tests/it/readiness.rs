@@ -278,11 +278,7 @@ async fn unusable_durable_configuration_fails_readiness() {
 struct Reject;
 
 impl Handler for Reject {
-    async fn handle(
-        &self,
-        _event: &Event,
-        _conn: Option<&mut AsyncPgConnection>,
-    ) -> Result<(), HandlerError> {
+    async fn handle(&self, _event: &Event) -> Result<(), HandlerError> {
         Err(HandlerError::permanent("rejected"))
     }
 }
@@ -292,7 +288,7 @@ impl Handler for Reject {
 #[tokio::test(flavor = "multi_thread")]
 async fn restricted_mode_leaves_unreadable_gauges_out() {
     let env = Env::new(|c| c).await;
-    let handle = Consumer::builder(env.config.clone(), env.t.jetstream().clone(), None)
+    let handle = Consumer::builder(env.config.clone(), env.t.jetstream().clone())
         .handler(Reject)
         .fetch_wait(Duration::from_millis(300))
         .build()
@@ -342,11 +338,7 @@ async fn restricted_mode_leaves_unreadable_gauges_out() {
 struct Blocking(Arc<Notify>);
 
 impl Handler for Blocking {
-    async fn handle(
-        &self,
-        _event: &Event,
-        _conn: Option<&mut AsyncPgConnection>,
-    ) -> Result<(), HandlerError> {
+    async fn handle(&self, _event: &Event) -> Result<(), HandlerError> {
         self.0.notified().await;
         Ok(())
     }
@@ -371,7 +363,7 @@ async fn readiness_flips_at_once_on_shutdown() {
     );
 
     let release = Arc::new(Notify::new());
-    let handle = Consumer::builder(env.config.clone(), env.t.jetstream().clone(), None)
+    let handle = Consumer::builder(env.config.clone(), env.t.jetstream().clone())
         .handler(Blocking(release.clone()))
         .fetch_wait(Duration::from_millis(300))
         .shutdown_timeout(WAIT)

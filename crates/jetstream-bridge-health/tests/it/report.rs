@@ -288,3 +288,42 @@ async fn liveness_fails_when_a_runtime_ends_unexpectedly() {
     assert_eq!(crate::get(addr, "/health/live").await.status, 200);
     env.teardown().await;
 }
+
+/// A watched consumer waiting for an unavailable database is not ready (503 with the reason)
+/// but live, and `/metrics` shows the outage; once the database is back it is ready again.
+#[tokio::test(flavor = "multi_thread")]
+async fn consumer_waiting_for_the_database_is_not_ready() {
+    let env = Env::new(|c| c).await;
+    let (tx, rx) = tokio::sync::watch::channel(jetstream_bridge_consumer::ConsumerStats::default());
+    let health = env
+        .health()
+        .consumer_stats(rx)
+        .stall_after(Some(std::time::Duration::from_millis(100)))
+        .build();
+    let addr = crate::serve(health.clone()).await;
+    assert_eq!(crate::get(addr, "/health/ready").await.status, 200);
+    tx.send_modify(|s| {
+        s.db_outage = true;
+        s.db_outages = 1;
+        s.db_outage_time = std::time::Duration::from_secs(3);
+    });
+    let ready = crate::get(addr, "/health/ready").await;
+    assert_eq!(ready.status, 503, "{}", ready.body);
+    assert_eq!(
+        ready.json()["reasons"],
+        json!(["consumer waiting for the database"])
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let live = crate::get(addr, "/health/live").await;
+    assert_eq!(live.status, 200, "waiting is no stall: {}", live.body);
+    let metrics = crate::parse_metrics(&crate::get(addr, "/metrics").await.body);
+    assert_eq!(metrics.get("jetstream_consumer_db_outage"), Some(&1.0));
+    assert_eq!(
+        metrics.get("jetstream_consumer_db_outage_seconds"),
+        Some(&3.0)
+    );
+    tx.send_modify(|s| s.db_outage = false);
+    assert_eq!(crate::get(addr, "/health/ready").await.status, 200);
+    drop(tx);
+    env.teardown().await;
+}

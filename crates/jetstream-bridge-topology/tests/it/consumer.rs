@@ -8,7 +8,8 @@ use async_nats::jetstream::stream::{RetentionPolicy, StorageType};
 use jetstream_bridge_config::{Config, SubjectLayout};
 use jetstream_bridge_testkit::TestNats;
 use jetstream_bridge_topology::{
-    ensure_topology, DriftPolicy, PlannedAction, Problem, TopologyErrorKind, TopologySpec,
+    ensure_topology, lookup_durable, DriftPolicy, PlannedAction, Problem, TopologyErrorKind,
+    TopologySpec,
 };
 
 use crate::{consumer_info, options, Pair};
@@ -61,6 +62,33 @@ async fn consumer_read_back_equals_the_config() {
     assert_eq!(c.max_ack_pending, 64);
     assert!(c.backoff.is_empty());
     assert!(c.deliver_subject.is_none());
+    t.teardown().await;
+}
+
+/// `lookup_durable` reads the provisioned durable's `max_deliver` and `ack_wait`, and tells a
+/// missing durable (and a missing stream) from a failed request.
+#[tokio::test]
+async fn lookup_durable_reads_the_server_and_reports_a_missing_durable() {
+    let t = TestNats::shared().await;
+    let js = t.jetstream();
+    let pair = Pair::new(&t, SubjectLayout::EnvPrefixed);
+    let config = with(&pair, |b| b.max_deliver(7).ack_wait("12s"));
+    let (stream, durable) = (
+        config.stream_name().as_str(),
+        config.durable_name().as_str(),
+    );
+    assert_eq!(lookup_durable(js, stream, durable).await.unwrap(), None);
+    ensure_topology(js, &TopologySpec::from_config(&config), &options())
+        .await
+        .unwrap();
+    let info = lookup_durable(js, stream, durable).await.unwrap().unwrap();
+    assert_eq!(
+        (info.max_deliver, info.ack_wait),
+        (Some(7), Some(Duration::from_secs(12)))
+    );
+    assert_eq!(lookup_durable(js, stream, "absent").await.unwrap(), None);
+    let err = lookup_durable(js, stream, "a.b").await.unwrap_err();
+    assert_eq!(err.kind(), TopologyErrorKind::InvalidSpec);
     t.teardown().await;
 }
 
