@@ -28,10 +28,9 @@ use async_nats::jetstream::stream::{RawMessageErrorKind, Stream};
 use async_nats::jetstream::Context;
 use async_nats::HeaderMap;
 use jetstream_bridge_config::{
-    Config, DlqContext, Timestamp, DEAD_LETTER_HEADER, DELIVERIES_HEADER, DLQ_CONTEXT_HEADER,
-    DLQ_REASON_HEADER, MSG_ID_HEADER, REPLAY_OF_HEADER, RUBY_MSG_ID_HEADER,
+    Config, DlqContext, Envelope, Timestamp, DEAD_LETTER_HEADER, DELIVERIES_HEADER,
+    DLQ_CONTEXT_HEADER, DLQ_REASON_HEADER, MSG_ID_HEADER, REPLAY_OF_HEADER, RUBY_MSG_ID_HEADER,
 };
-use serde_json::Value;
 
 use crate::error::BoxError;
 
@@ -197,9 +196,10 @@ pub struct DeadLetter {
     pub subject: String,
     /// When the DLQ stream stored it.
     pub stored_at: Option<Timestamp>,
-    /// The original event's id: the context's `event_id`, else the body's.
+    /// The original event's id: the context's `event_id`, else the body's (when the body is an
+    /// envelope).
     pub event_id: Option<String>,
-    /// The body's `event_type`, when the body is a JSON object that has one.
+    /// The body's `event_type`, when the body is an envelope.
     pub event_type: Option<String>,
     /// `x-dlq-reason` (else the context's `reason`).
     pub reason: Option<String>,
@@ -324,17 +324,12 @@ impl DeadLetter {
             },
             None => (None, None),
         };
-        let body: Option<Value> = serde_json::from_slice(&message.payload).ok();
-        let body_str = |key: &str| {
-            body.as_ref()
-                .and_then(|b| b.get(key))
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-        };
+        // The body when it is an envelope (a `malformed_json` dead letter's is not).
+        let body = Envelope::from_slice(&message.payload).ok();
         let event_id = context
             .as_ref()
             .and_then(|c| c.event_id.clone())
-            .or_else(|| body_str("event_id"))
+            .or_else(|| body.as_ref().map(|b| b.event_id.as_str().to_owned()))
             .filter(|id| !id.trim().is_empty());
         let reason = find(DLQ_REASON_HEADER).or_else(|| {
             context
@@ -349,7 +344,7 @@ impl DeadLetter {
             sequence: message.sequence,
             subject: message.subject.to_string(),
             stored_at: Timestamp::from_offset_date_time(message.time).ok(),
-            event_type: body_str("event_type"),
+            event_type: body.map(|b| b.event_type),
             event_id,
             reason,
             deliveries,

@@ -63,10 +63,15 @@ impl InboxHandler for ApplyEvents {
 
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
+    init_logging();
+    run().await
+}
+
+/// Logs to stdout, filtered by `RUST_LOG` (default `info`).
+pub fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
-    run().await
 }
 
 /// The worker, from start to clean stop.

@@ -40,6 +40,7 @@ fn worker_child() {
     if std::env::var_os(CHILD).is_none() {
         return;
     }
+    worker::init_logging();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -64,6 +65,7 @@ fn vars(
         ("JETSTREAM_USE_OUTBOX", "true"),
         ("JETSTREAM_USE_INBOX", "true"),
         ("JETSTREAM_DISABLE_JS_API", "false"),
+        ("JETSTREAM_BACKOFF", "1s,5s,15s,30s"),
         ("DATABASE_URL", db.url()),
     ]
     .into_iter()
