@@ -9,6 +9,7 @@ mod publisher;
 mod relay;
 pub mod schema;
 mod store;
+mod window;
 
 pub use error::{OutboxError, OutboxErrorKind, Result};
 pub use model::{NewEvent, Status};

@@ -3,13 +3,12 @@
 use std::time::Duration;
 
 use async_nats::jetstream::Context;
-use futures_util::stream::FuturesOrdered;
-use futures_util::StreamExt;
 use jetstream_bridge_config::{Config, EventId};
 
 use crate::backoff::Backoff;
 use crate::error::{OutboxError, OutboxErrorKind, Result};
 use crate::model::{nats_headers, Defaults, NewEvent, Prepared};
+use crate::window::{publish_windowed, Acked, Outgoing};
 
 /// A publish JetStream acknowledged.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,24 +135,28 @@ impl Publisher {
         I: IntoIterator,
         I::Item: Into<NewEvent>,
     {
-        let prepared: Vec<Result<Prepared>> = events
-            .into_iter()
-            .map(|e| e.into().prepare(&self.defaults))
-            .collect();
+        // Every event, prepared lazily as the window pulls it: preparing one overlaps the wait
+        // for the PubAcks of those before it.
+        let mut prepared: Vec<Result<Prepared>> = Vec::new();
+        let mut acked: Vec<(usize, Acked)> = Vec::new();
+        let first = events.into_iter().enumerate().filter_map(|(i, event)| {
+            let p = event.into().prepare(&self.defaults);
+            let message = p.as_ref().ok().map(|p| (i, self.outgoing(p)));
+            prepared.push(p);
+            message
+        });
+        self.publish_round(first, &mut acked).await;
         let mut results: Vec<Option<Result<Published>>> = prepared.iter().map(|_| None).collect();
-        let mut round: Vec<(usize, &Prepared)> = prepared
-            .iter()
-            .enumerate()
-            .filter_map(|(i, p)| p.as_ref().ok().map(|p| (i, p)))
-            .collect();
         let mut attempt = 1;
         loop {
             let mut retry = Vec::new();
-            for (i, r) in self.publish_round(&round).await {
+            for (i, acked) in acked.drain(..) {
+                let Some(Ok(p)) = prepared.get(i) else {
+                    continue;
+                };
+                let r = published(p, acked);
                 if matches!(&r, Err(e) if e.is_transient()) && attempt < self.attempts {
-                    if let Some(entry) = round.iter().find(|(j, _)| *j == i) {
-                        retry.push(*entry);
-                    }
+                    retry.push(i);
                 }
                 results[i] = Some(r);
             }
@@ -167,7 +170,11 @@ impl Publisher {
             );
             tokio::time::sleep(self.backoff.delay(attempt)).await;
             attempt += 1;
-            round = retry;
+            let again = retry.into_iter().filter_map(|i| match prepared.get(i) {
+                Some(Ok(p)) => Some((i, self.outgoing(p))),
+                _ => None,
+            });
+            self.publish_round(again, &mut acked).await;
         }
         prepared
             .into_iter()
@@ -182,53 +189,34 @@ impl Publisher {
             .collect()
     }
 
-    /// One pipelined pass over `events` (index into the caller's input, event): the result of
-    /// each, in the same order.
+    /// One pass of `messages` (tagged with their index in the caller's input) through the
+    /// shared PubAck window; what JetStream answered for each is appended to `acked`.
     async fn publish_round(
         &self,
-        events: &[(usize, &Prepared)],
-    ) -> Vec<(usize, Result<Published>)> {
-        let mut out = Vec::with_capacity(events.len());
-        let mut in_flight = FuturesOrdered::new();
-        for &(i, p) in events {
-            while in_flight.len() >= self.max_in_flight {
-                if let Some(done) = in_flight.next().await {
-                    out.push(done);
-                }
-            }
-            match self.send(p).await {
-                Ok(ack) => {
-                    let (event_id, subject) = (p.event_id.clone(), p.subject.clone());
-                    in_flight.push_back(async move {
-                        let r = ack
-                            .await
-                            .map(|ack| Published {
-                                stream: ack.stream,
-                                sequence: ack.sequence,
-                                duplicate: ack.duplicate,
-                                event_id: event_id.clone(),
-                                subject,
-                            })
-                            .map_err(|e| OutboxError::publish(e).for_event(event_id));
-                        (i, r)
-                    });
-                }
-                Err(e) => {
-                    // Keep the output in input order: wait for what is in flight first.
-                    while let Some(done) = in_flight.next().await {
-                        out.push(done);
-                    }
-                    out.push((
-                        i,
-                        Err(OutboxError::publish(e).for_event(p.event_id.clone())),
-                    ));
-                }
-            }
+        messages: impl Iterator<Item = (usize, Outgoing)>,
+        acked: &mut Vec<(usize, Acked)>,
+    ) {
+        publish_windowed(
+            &self.jetstream,
+            self.max_in_flight,
+            messages,
+            |_| false,
+            |i, r| acked.push((i, r)),
+        )
+        .await;
+    }
+
+    /// The event in wire form: subject, msg-id headers (and traceparent), body.
+    fn outgoing(&self, p: &Prepared) -> Outgoing {
+        let extra = p
+            .traceparent
+            .as_deref()
+            .map(|tp| (jetstream_bridge_config::TRACEPARENT_HEADER, tp));
+        Outgoing {
+            subject: p.subject.clone(),
+            headers: nats_headers(p.event_id.as_str(), extra, self.ruby_msg_id_header),
+            body: p.body.clone(),
         }
-        while let Some(done) = in_flight.next().await {
-            out.push(done);
-        }
-        out
     }
 
     async fn send(
@@ -238,13 +226,9 @@ impl Publisher {
         async_nats::jetstream::context::PublishAckFuture,
         async_nats::jetstream::context::PublishError,
     > {
-        let extra = p
-            .traceparent
-            .as_deref()
-            .map(|tp| (jetstream_bridge_config::TRACEPARENT_HEADER, tp));
-        let headers = nats_headers(p.event_id.as_str(), extra, self.ruby_msg_id_header);
+        let m = self.outgoing(p);
         self.jetstream
-            .publish_with_headers(p.subject.clone(), headers, p.body.clone().into())
+            .publish_with_headers(m.subject, m.headers, m.body.into())
             .await
     }
 
@@ -261,22 +245,13 @@ impl Publisher {
     async fn publish_prepared(&self, p: &Prepared) -> Result<Published> {
         let mut attempt = 1;
         loop {
-            let result = match self.send(p).await {
+            let acked = match self.send(p).await {
                 Ok(ack) => ack.await,
                 Err(e) => Err(e),
             };
-            match result {
-                Ok(ack) => {
-                    return Ok(Published {
-                        stream: ack.stream,
-                        sequence: ack.sequence,
-                        duplicate: ack.duplicate,
-                        event_id: p.event_id.clone(),
-                        subject: p.subject.clone(),
-                    })
-                }
-                Err(e) => {
-                    let err = OutboxError::publish(e).for_event(p.event_id.clone());
+            match published(p, acked) {
+                Ok(published) => return Ok(published),
+                Err(err) => {
                     if attempt >= self.attempts || !err.is_transient() {
                         return Err(err);
                     }
@@ -286,5 +261,19 @@ impl Publisher {
                 }
             }
         }
+    }
+}
+
+/// What a publish of `p` came to: the ack as [`Published`], or the error for its event.
+fn published(p: &Prepared, acked: Acked) -> Result<Published> {
+    match acked {
+        Ok(ack) => Ok(Published {
+            stream: ack.stream,
+            sequence: ack.sequence,
+            duplicate: ack.duplicate,
+            event_id: p.event_id.clone(),
+            subject: p.subject.clone(),
+        }),
+        Err(e) => Err(OutboxError::publish(e).for_event(p.event_id.clone())),
     }
 }
