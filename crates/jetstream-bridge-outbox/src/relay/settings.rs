@@ -222,7 +222,9 @@ mod tests {
     use super::*;
 
     fn settings() -> Settings {
-        let config = Config::builder("test", "orders", "billing").build().unwrap();
+        let config = Config::builder("test", "orders", "billing")
+            .build()
+            .unwrap();
         Settings::new(&config)
     }
 
