@@ -94,8 +94,7 @@ impl Fixture {
 
     async fn build(args: &Args, token: &str, url: &str, database: &str) -> anyhow::Result<Self> {
         let mut conn = AsyncPgConnection::establish(url).await?;
-        jetstream_bridge_outbox::migrations::run_pending(&mut conn).await?;
-        jetstream_bridge_inbox::migrations::run_pending(&mut conn).await?;
+        jetstream_bridge_pg::Migrator::all().run(&mut conn).await?;
         conn.batch_execute(
             "CREATE TABLE effects (id bigserial PRIMARY KEY, event_id text NOT NULL); \
              CREATE TABLE naive_seen (event_id text PRIMARY KEY)",

@@ -1,11 +1,12 @@
 //! `cargo xtask migrate` and `cargo xtask outbox-retention`: the library's own entry points
-//! (`jetstream_bridge_outbox::migrations::run_pending`, `Outbox::delete_sent_older_than`), so
-//! deploy scripts and the library cannot drift.
+//! (`jetstream_bridge_pg::Migrator`, `Outbox::delete_sent_older_than`), so deploy scripts and
+//! the library cannot drift.
 
 use anyhow::Context as _;
 use diesel_async::{AsyncConnection, AsyncPgConnection};
 use jetstream_bridge_config::{parse_duration, redact_url};
-use jetstream_bridge_outbox::{migrations, Outbox};
+use jetstream_bridge_outbox::Outbox;
+use jetstream_bridge_pg::{Component, Migrator};
 
 /// Arguments of `cargo xtask migrate`.
 #[derive(Debug, clap::Args)]
@@ -13,6 +14,9 @@ pub(crate) struct Args {
     /// PostgreSQL database to migrate.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     database_url: String,
+    /// Apply only one component's tables (`outbox` or `inbox`); default: every table.
+    #[arg(long)]
+    only: Option<Component>,
 }
 
 async fn connect(url: &str) -> anyhow::Result<AsyncPgConnection> {
@@ -24,7 +28,9 @@ async fn connect(url: &str) -> anyhow::Result<AsyncPgConnection> {
 
 pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let mut conn = connect(&args.database_url).await?;
-    let pending = migrations::pending(&mut conn)
+    let migrator = args.only.map_or_else(Migrator::all, Migrator::only);
+    let pending = migrator
+        .pending(&mut conn)
         .await
         .context("reading applied migrations")?;
     if pending.is_empty() {
@@ -34,7 +40,8 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     for name in &pending {
         println!("pending: {name}");
     }
-    let applied = migrations::run_pending(&mut conn)
+    let applied = migrator
+        .run(&mut conn)
         .await
         .context("applying migrations")?;
     for name in &applied {

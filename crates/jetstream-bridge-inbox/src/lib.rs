@@ -2,7 +2,6 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod error;
-pub mod migrations;
 mod store;
 
 pub use error::{InboxError, InboxErrorKind, Result};

@@ -503,26 +503,18 @@ impl Inbox {
         older_than: Duration,
         batch_size: u32,
     ) -> Result<u64> {
-        let micros = i64::try_from(older_than.as_micros())
-            .map_err(|e| InboxError::with_source(InboxErrorKind::InvalidEntry, e))?;
-        let mut total = 0u64;
-        loop {
-            let n = diesel::sql_query(
-                "DELETE FROM jetstream_inbox_events WHERE id IN ( \
-                   SELECT id FROM jetstream_inbox_events \
-                   WHERE status = 'processed' \
-                     AND processed_at < now() - make_interval(secs => $1::double precision / 1e6) \
-                   LIMIT $2)",
-            )
-            .bind::<BigInt, _>(micros)
-            .bind::<BigInt, _>(i64::from(batch_size.max(1)))
-            .execute(conn)
-            .await?;
-            total += n as u64;
-            if n < batch_size.max(1) as usize {
-                return Ok(total);
-            }
-        }
+        jetstream_bridge_pg::delete_in_batches(
+            conn,
+            jetstream_bridge_pg::Retention {
+                table: "jetstream_inbox_events",
+                status: "processed",
+                timestamp_column: "processed_at",
+            },
+            older_than,
+            usize::try_from(batch_size.max(1)).unwrap_or(usize::MAX),
+        )
+        .await
+        .map_err(InboxError::pg)
     }
 
     /// The status of `event_id`'s row, `None` when there is none.

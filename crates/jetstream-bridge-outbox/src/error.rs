@@ -53,9 +53,6 @@ pub enum OutboxErrorKind {
     /// Not transient.
     #[error("database rejected the statement")]
     Database,
-    /// Applying or reading migrations failed.
-    #[error("migration failed")]
-    Migration,
     /// JetStream did not acknowledge the publish (after the configured retries, for a direct
     /// publish); [`is_transient`](OutboxError::is_transient) tells timeouts from rejections.
     #[error("publish not acknowledged by JetStream")]
@@ -108,6 +105,18 @@ impl OutboxError {
     /// constraints, checks, invalid input, SQL errors) is [`Database`](OutboxErrorKind::Database).
     pub(crate) fn database(source: diesel::result::Error) -> Self {
         let kind = classify_diesel(&source);
+        Self::with_source(kind, source)
+    }
+
+    /// An error of the shared PostgreSQL plumbing: transient ones are
+    /// [`DatabaseUnavailable`](OutboxErrorKind::DatabaseUnavailable), the rest
+    /// [`Database`](OutboxErrorKind::Database).
+    pub(crate) fn pg(source: jetstream_bridge_pg::PgError) -> Self {
+        let kind = if source.is_transient() {
+            OutboxErrorKind::DatabaseUnavailable
+        } else {
+            OutboxErrorKind::Database
+        };
         Self::with_source(kind, source)
     }
 
@@ -169,53 +178,19 @@ fn kind_is_transient(kind: OutboxErrorKind) -> bool {
     )
 }
 
-/// Whether a diesel error is a duplicate event id, a passing unavailability, or a rejection.
+/// Whether a diesel error is a duplicate event id, a passing unavailability, or a rejection
+/// (the workspace's one classification, [`jetstream_bridge_pg::classify`]).
 fn classify_diesel(error: &diesel::result::Error) -> OutboxErrorKind {
-    use diesel::result::{DatabaseErrorKind, Error};
-    match error {
-        Error::DatabaseError(DatabaseErrorKind::UniqueViolation, info)
-            if info.constraint_name() == Some(EVENT_ID_UNIQUE_INDEX) =>
+    use jetstream_bridge_pg::DbErrorClass;
+    match jetstream_bridge_pg::classify(error) {
+        DbErrorClass::UniqueViolation { constraint }
+            if constraint.as_deref() == Some(EVENT_ID_UNIQUE_INDEX) =>
         {
             OutboxErrorKind::DuplicateEventId
         }
-        Error::DatabaseError(
-            DatabaseErrorKind::ClosedConnection
-            | DatabaseErrorKind::UnableToSendCommand
-            | DatabaseErrorKind::SerializationFailure
-            // A primary that became a read-only standby (fail-over in progress).
-            | DatabaseErrorKind::ReadOnlyTransaction,
-            _,
-        )
-        | Error::BrokenTransactionManager => OutboxErrorKind::DatabaseUnavailable,
-        // diesel-async maps SQLSTATEs it does not know to `Unknown` and keeps only the
-        // server's message, so the transient ones are recognised by their (English) text.
-        Error::DatabaseError(DatabaseErrorKind::Unknown, info)
-            if is_transient_message(info.message()) =>
-        {
-            OutboxErrorKind::DatabaseUnavailable
-        }
+        DbErrorClass::Unavailable => OutboxErrorKind::DatabaseUnavailable,
         _ => OutboxErrorKind::Database,
     }
-}
-
-/// Server messages of transient SQLSTATEs that diesel reports as `Unknown`: 40P01 deadlock,
-/// 57P01..57P03 shutdown / cannot connect now, 53300 too many connections, 55P03 lock not
-/// available, 08xxx connection exceptions.
-fn is_transient_message(message: &str) -> bool {
-    const PHRASES: &[&str] = &[
-        "deadlock detected",
-        "terminating connection",
-        "the database system is",
-        "too many connections",
-        "remaining connection slots",
-        "could not obtain lock",
-        "due to lock timeout",
-        "could not serialize access",
-        "connection failure",
-        "server closed the connection",
-    ];
-    let message = message.to_ascii_lowercase();
-    PHRASES.iter().any(|p| message.contains(p))
 }
 
 /// Whether a publish failed because NATS / JetStream is unavailable (not this message's
@@ -270,7 +245,6 @@ impl From<diesel::result::Error> for OutboxError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use diesel::result::{DatabaseErrorInformation, DatabaseErrorKind, Error as DieselError};
 
     #[test]
     fn messages_are_ours_and_lowercase() {
@@ -284,134 +258,6 @@ mod tests {
             "payload is 10 bytes, over the 5-byte limit"
         );
         assert!(!err.is_transient());
-    }
-
-    /// What the server reports, as diesel-async hands it over.
-    struct Info {
-        message: &'static str,
-        constraint: Option<&'static str>,
-    }
-
-    impl DatabaseErrorInformation for Info {
-        fn message(&self) -> &str {
-            self.message
-        }
-        fn details(&self) -> Option<&str> {
-            None
-        }
-        fn hint(&self) -> Option<&str> {
-            None
-        }
-        fn table_name(&self) -> Option<&str> {
-            None
-        }
-        fn column_name(&self) -> Option<&str> {
-            None
-        }
-        fn constraint_name(&self) -> Option<&str> {
-            self.constraint
-        }
-        fn statement_position(&self) -> Option<i32> {
-            None
-        }
-    }
-
-    fn db(
-        kind: DatabaseErrorKind,
-        message: &'static str,
-        constraint: Option<&'static str>,
-    ) -> OutboxError {
-        OutboxError::database(DieselError::DatabaseError(
-            kind,
-            Box::new(Info {
-                message,
-                constraint,
-            }),
-        ))
-    }
-
-    #[test]
-    fn only_the_event_id_index_means_duplicate() {
-        let dup = db(
-            DatabaseErrorKind::UniqueViolation,
-            "duplicate key value violates unique constraint",
-            Some(EVENT_ID_UNIQUE_INDEX),
-        );
-        assert_eq!(dup.kind(), OutboxErrorKind::DuplicateEventId);
-        assert!(!dup.is_transient());
-        let other = db(
-            DatabaseErrorKind::UniqueViolation,
-            "duplicate key value violates unique constraint",
-            Some("jetstream_outbox_events_pkey"),
-        );
-        assert_eq!(other.kind(), OutboxErrorKind::Database);
-        assert!(!other.is_transient());
-    }
-
-    #[test]
-    fn unavailable_is_transient_rejected_is_not() {
-        for (kind, message) in [
-            (DatabaseErrorKind::ClosedConnection, "closed"),
-            (DatabaseErrorKind::UnableToSendCommand, "connection closed"),
-            (
-                DatabaseErrorKind::SerializationFailure,
-                "could not serialize access",
-            ),
-            (
-                DatabaseErrorKind::ReadOnlyTransaction,
-                "read-only transaction",
-            ),
-            (DatabaseErrorKind::Unknown, "deadlock detected"),
-            (
-                DatabaseErrorKind::Unknown,
-                "terminating connection due to administrator command",
-            ),
-            (
-                DatabaseErrorKind::Unknown,
-                "the database system is shutting down",
-            ),
-        ] {
-            let err = db(kind, message, None);
-            assert_eq!(
-                err.kind(),
-                OutboxErrorKind::DatabaseUnavailable,
-                "{message}"
-            );
-            assert!(err.is_transient(), "{message}");
-            assert_eq!(err.to_string(), "database unavailable");
-        }
-        for (kind, message) in [
-            (
-                DatabaseErrorKind::CheckViolation,
-                "violates check constraint",
-            ),
-            (DatabaseErrorKind::NotNullViolation, "null value in column"),
-            (
-                DatabaseErrorKind::ForeignKeyViolation,
-                "violates foreign key",
-            ),
-            (
-                DatabaseErrorKind::Unknown,
-                "syntax error at or near \"SELEC\"",
-            ),
-            (
-                DatabaseErrorKind::Unknown,
-                "relation \"jetstream_outbox_events\" does not exist",
-            ),
-            (
-                DatabaseErrorKind::Unknown,
-                "unsupported Unicode escape sequence",
-            ),
-        ] {
-            let err = db(kind, message, None);
-            assert_eq!(err.kind(), OutboxErrorKind::Database, "{message}");
-            assert!(!err.is_transient(), "{message}");
-            assert_eq!(err.to_string(), "database rejected the statement");
-        }
-        let not_found = OutboxError::database(DieselError::NotFound);
-        assert_eq!(not_found.kind(), OutboxErrorKind::Database);
-        assert!(!not_found.is_transient());
-        assert!(OutboxError::pool("pool timed out").is_transient());
     }
 
     fn api_error(json: &str) -> async_nats::jetstream::Error {

@@ -3,7 +3,6 @@
 
 mod backoff;
 mod error;
-pub mod migrations;
 mod model;
 mod publisher;
 mod relay;

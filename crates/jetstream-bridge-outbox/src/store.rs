@@ -266,25 +266,18 @@ impl Outbox {
         older_than: Duration,
         batch_size: usize,
     ) -> Result<u64> {
-        let batch = i64::try_from(batch_size.max(1)).unwrap_or(i64::MAX);
-        let mut total = 0u64;
-        loop {
-            let deleted = diesel::sql_query(
-                "DELETE FROM jetstream_outbox_events WHERE id IN ( \
-                   SELECT id FROM jetstream_outbox_events \
-                   WHERE status = 'sent' AND sent_at < now() - make_interval(secs => $1) \
-                   ORDER BY sent_at LIMIT $2 FOR UPDATE SKIP LOCKED)",
-            )
-            .bind::<Double, _>(older_than.as_secs_f64())
-            .bind::<BigInt, _>(batch)
-            .execute(conn)
-            .await
-            .map_err(OutboxError::database)?;
-            total += deleted as u64;
-            if (deleted as i64) < batch {
-                return Ok(total);
-            }
-        }
+        jetstream_bridge_pg::delete_in_batches(
+            conn,
+            jetstream_bridge_pg::Retention {
+                table: "jetstream_outbox_events",
+                status: "sent",
+                timestamp_column: "sent_at",
+            },
+            older_than,
+            batch_size.max(1),
+        )
+        .await
+        .map_err(OutboxError::pg)
     }
 
     /// The backlog for health checks and alerts: unsent and quarantined row counts and the age

@@ -1,7 +1,6 @@
 //! [`TestDb`]: a fresh PostgreSQL database per test, cloned from a migrated template.
 
 use std::fmt;
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -9,8 +8,8 @@ use diesel::sql_types::{BigInt, Bool, Text};
 use diesel::QueryableByName;
 use diesel_async::pooled_connection::deadpool::Pool;
 use diesel_async::pooled_connection::AsyncDieselConnectionManager;
-use diesel_async::{AsyncConnection, AsyncMigrationHarness, AsyncPgConnection, RunQueryDsl};
-use diesel_migrations::{FileBasedMigrations, MigrationHarness};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use jetstream_bridge_pg::Migrator;
 use tokio::sync::OnceCell;
 
 use crate::unique::unique_token;
@@ -31,10 +30,10 @@ const TEMPLATE_LOCK_KEY: i64 = 0x6a62_746d_706c;
 static TEMPLATE: OnceCell<String> = OnceCell::const_new();
 static SWEPT: AtomicBool = AtomicBool::new(false);
 
-/// A fresh, empty-of-data PostgreSQL database for one test, with the workspace `migrations/`
-/// applied, so tests can commit, race and use `SKIP LOCKED` for real (no test transactions).
+/// A fresh, empty-of-data PostgreSQL database for one test, with every jetstream-bridge table
+/// (`jetstream_bridge_pg::Migrator::all()`) applied, so tests can commit, race and use `SKIP LOCKED` for real (no test transactions).
 ///
-/// [`TestDb::new`] clones `jb_template_<hash of migrations/>`, which the first caller on the
+/// [`TestDb::new`] clones `jb_template_<hash of the migrations>`, which the first caller on the
 /// server builds under a `pg_advisory_lock` (safe across threads and test binaries) and then
 /// closes to connections, as `CREATE DATABASE … TEMPLATE` requires. A change to any migration
 /// changes the hash, so a new template is built; old templates stay (drop them by hand with
@@ -91,20 +90,12 @@ struct DatabaseRow {
 impl TestDb {
     /// Creates a database cloned from the migrated template.
     ///
-    /// Needs a multi-thread runtime (`#[tokio::test(flavor = "multi_thread")]`), because
-    /// migrations run through `block_in_place`.
+    /// Works on any runtime flavour: the migrations run asynchronously.
     ///
     /// # Panics
     ///
-    /// When the server is unreachable, a migration fails, the runtime is current-thread, or the
-    /// database cannot be created.
+    /// When the server is unreachable, a migration fails, or the database cannot be created.
     pub async fn new() -> Self {
-        assert!(
-            tokio::runtime::Handle::current().runtime_flavor()
-                != tokio::runtime::RuntimeFlavor::CurrentThread,
-            "TestDb::new() runs migrations with block_in_place: use \
-             #[tokio::test(flavor = \"multi_thread\")]"
-        );
         let admin_url = admin_url();
         let template = TEMPLATE
             .get_or_init(|| ensure_template(admin_url.clone()))
@@ -301,20 +292,10 @@ async fn drop_stale_databases(admin: &mut AsyncPgConnection) {
     }
 }
 
-/// `$JB_TEST_MIGRATIONS_DIR`, else the workspace `migrations/` directory (two levels above
-/// this crate).
-fn migrations_dir() -> PathBuf {
-    std::env::var_os("JB_TEST_MIGRATIONS_DIR").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../../migrations"),
-        PathBuf::from,
-    )
-}
-
 /// Creates `jb_template_<hash>` unless it exists, under a session advisory lock; returns its
 /// name. Runs once per process (behind [`TEMPLATE`]).
 async fn ensure_template(admin_url: String) -> String {
-    let dir = migrations_dir();
-    let template = format!("jb_template_{:016x}", hash_dir(&dir));
+    let template = format!("jb_template_{:016x}", migrations_hash());
     let mut admin = connect_admin(&admin_url).await;
     diesel::sql_query("SELECT pg_advisory_lock($1)")
         .bind::<BigInt, _>(TEMPLATE_LOCK_KEY)
@@ -340,7 +321,7 @@ async fn ensure_template(admin_url: String) -> String {
                 .await
                 .unwrap_or_else(|e| panic!("dropping half-built template {template}: {e}"));
         }
-        build_template(&mut admin, &admin_url, &template, &dir).await;
+        build_template(&mut admin, &admin_url, &template).await;
     }
 
     diesel::sql_query("SELECT pg_advisory_unlock($1)")
@@ -351,34 +332,23 @@ async fn ensure_template(admin_url: String) -> String {
     template
 }
 
-async fn build_template(
-    admin: &mut AsyncPgConnection,
-    admin_url: &str,
-    template: &str,
-    dir: &Path,
-) {
+async fn build_template(admin: &mut AsyncPgConnection, admin_url: &str, template: &str) {
     diesel::sql_query(format!("CREATE DATABASE \"{template}\" TEMPLATE template0"))
         .execute(admin)
         .await
         .unwrap_or_else(|e| panic!("CREATE DATABASE \"{template}\": {e}"));
 
-    if dir.is_dir() {
-        let url = database_url(admin_url, template);
-        let conn = AsyncPgConnection::establish(&url)
-            .await
-            .unwrap_or_else(|e| panic!("cannot connect to template {template}: {e}"));
-        let migrations = FileBasedMigrations::from_path(dir)
-            .unwrap_or_else(|e| panic!("invalid migrations directory {}: {e}", dir.display()));
-        let mut harness = AsyncMigrationHarness::new(conn);
-        harness
-            .run_pending_migrations(migrations)
-            .unwrap_or_else(|e| {
-                panic!("migrating template {template} from {}: {e}", dir.display())
-            });
-        // Dropping the connection closes it; the backend may still be exiting, which the
-        // terminate below and CREATE DATABASE's own short wait for other sessions cover.
-        drop(harness);
-    }
+    let url = database_url(admin_url, template);
+    let mut conn = AsyncPgConnection::establish(&url)
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to template {template}: {e}"));
+    Migrator::all()
+        .run(&mut conn)
+        .await
+        .unwrap_or_else(|e| panic!("migrating template {template}: {e}"));
+    // Dropping the connection closes it; the backend may still be exiting, which the
+    // terminate below and CREATE DATABASE's own short wait for other sessions cover.
+    drop(conn);
 
     for sql in [
         format!("ALTER DATABASE \"{template}\" ALLOW_CONNECTIONS false"),
@@ -395,51 +365,21 @@ async fn build_template(
     }
 }
 
-/// FNV-1a over every non-hidden file under `dir` (relative path and contents, sorted), so the
-/// template name changes whenever a migration does.
-fn hash_dir(dir: &Path) -> u64 {
-    fn collect(base: &Path, dir: &Path, out: &mut Vec<(String, Vec<u8>)>) {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return;
-        };
-        for entry in entries.filter_map(Result::ok) {
-            let path = entry.path();
-            if entry.file_name().to_string_lossy().starts_with('.') {
-                continue;
-            }
-            if path.is_dir() {
-                collect(base, &path, out);
-            } else {
-                let rel = path
-                    .strip_prefix(base)
-                    .unwrap_or(&path)
-                    .to_string_lossy()
-                    .into_owned();
-                let bytes = std::fs::read(&path).unwrap_or_else(|e| {
-                    panic!("cannot read migration file {}: {e}", path.display())
-                });
-                out.push((rel, bytes));
-            }
-        }
-    }
-    let mut files = Vec::new();
-    collect(dir, dir, &mut files);
-    files.sort();
+/// FNV-1a over every embedded migration's name and checksum, so the template name changes
+/// whenever a migration does.
+fn migrations_hash() -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    // A missing directory means "no migrations table either", unlike an empty one.
-    let exists = [u8::from(dir.is_dir())];
-    for byte in exists
-        .iter()
-        .copied()
-        .chain(files.iter().flat_map(|(rel, bytes)| {
-            rel.bytes()
-                .chain([0])
-                .chain(bytes.iter().copied())
-                .chain([0])
-        }))
-    {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    for migration in Migrator::all().migrations() {
+        for byte in migration
+            .name()
+            .bytes()
+            .chain([0])
+            .chain(migration.checksum().into_bytes())
+            .chain([0])
+        {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
     }
     hash
 }
@@ -458,19 +398,5 @@ mod tests {
             "postgres://u:p@127.0.0.1:5432/jb_t_1_x?sslmode=disable"
         );
         assert_eq!(redact("postgres://u:secret@h/db"), "postgres://u:***@h/db");
-    }
-
-    #[test]
-    fn hash_changes_with_contents() {
-        let dir = tempfile::tempdir().unwrap();
-        let empty = hash_dir(dir.path());
-        assert_ne!(empty, hash_dir(&dir.path().join("missing")));
-        let m = dir.path().join("2024-01-01-000000_init");
-        std::fs::create_dir(&m).unwrap();
-        std::fs::write(m.join("up.sql"), "CREATE TABLE a ();").unwrap();
-        let one = hash_dir(dir.path());
-        assert_ne!(one, empty);
-        std::fs::write(m.join("up.sql"), "CREATE TABLE b ();").unwrap();
-        assert_ne!(hash_dir(dir.path()), one);
     }
 }

@@ -30,11 +30,11 @@ use diesel::QueryableByName;
 use diesel_async::pooled_connection::deadpool::Pool;
 use diesel_async::pooled_connection::AsyncDieselConnectionManager;
 use diesel_async::{AsyncConnection as _, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
-use jetstream_bridge::outbox::migrations as outbox_migrations;
+use jetstream_bridge::pg::{Component, Migrator};
 use jetstream_bridge::prelude::*;
 use jetstream_bridge::topology::{EnsureOptions, TopologySpec};
 use jetstream_bridge::{
-    inbox, Config, Consumer, Event, HandlerError, NewEvent, Outbox, Publisher, Relay, SubjectLayout,
+    Config, Consumer, Event, HandlerError, NewEvent, Outbox, Publisher, Relay, SubjectLayout,
 };
 use serde_json::json;
 
@@ -170,7 +170,7 @@ async fn exchange(
     let billing_pool = pool(&databases.url_of("billing")?)?;
     {
         let mut conn = orders_pool.get().await?;
-        let applied = outbox_migrations::run_pending(&mut conn).await?;
+        let applied = Migrator::only(Component::Outbox).run(&mut conn).await?;
         conn.batch_execute(
             "CREATE TABLE orders (id bigserial PRIMARY KEY, customer text NOT NULL, \
              total_cents bigint NOT NULL, created_at timestamptz NOT NULL DEFAULT now())",
@@ -180,7 +180,7 @@ async fn exchange(
     }
     {
         let mut conn = billing_pool.get().await?;
-        let applied = inbox::migrations::run_pending(&mut conn).await?;
+        let applied = Migrator::only(Component::Inbox).run(&mut conn).await?;
         conn.batch_execute(
             "CREATE TABLE invoices (order_id text PRIMARY KEY, total_cents bigint NOT NULL, \
              event_id text NOT NULL, created_at timestamptz NOT NULL DEFAULT now())",

@@ -40,13 +40,20 @@ pub use jetstream_bridge_outbox::{
     NewEvent, Outbox, OutboxError, OutboxErrorKind, Published, Publisher, Relay,
 };
 
+/// PostgreSQL plumbing: the embedded migrations and their runner ([`pg::Migrator`]), database
+/// error classification, the pool type, retention (the `jetstream-bridge-pg` crate).
+#[cfg(feature = "pg")]
+#[cfg_attr(docsrs, doc(cfg(feature = "pg")))]
+#[doc(inline)]
+pub use jetstream_bridge_pg as pg;
+
 /// The NATS client this crate is built against, so applications name the same version.
 #[cfg(any(feature = "topology", feature = "outbox", feature = "consumer"))]
 pub use async_nats;
 
 /// The async PostgreSQL layer this crate is built against (the connections passed to
 /// `Outbox::enqueue` and to handlers).
-#[cfg(any(feature = "outbox", feature = "inbox", feature = "consumer"))]
+#[cfg(feature = "pg")]
 pub use diesel_async;
 
 #[cfg(feature = "inbox")]

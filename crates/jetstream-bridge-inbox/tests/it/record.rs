@@ -6,7 +6,7 @@ use diesel::sql_types::{BigInt, Bool, Integer, Nullable, Text};
 use diesel::QueryableByName;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 use jetstream_bridge_config::Envelope;
-use jetstream_bridge_inbox::{migrations, Inbox, InboxEntry, InboxStatus, Recorded};
+use jetstream_bridge_inbox::{Inbox, InboxEntry, InboxStatus, Recorded};
 use jetstream_bridge_testkit::TestDb;
 use serde_json::json;
 
@@ -217,38 +217,6 @@ async fn cleanup_deletes_old_processed_rows() {
     assert_eq!(deleted, 5);
     assert!(row(&db, &failed.event_id).await.is_some());
     assert!(row(&db, &recent.event_id).await.is_some());
-    drop(conn);
-    db.teardown().await;
-}
-
-/// `run_pending` creates the table on an empty database once; a second run applies nothing.
-#[tokio::test(flavor = "multi_thread")]
-async fn run_pending_applies_only_the_inbox_migration() {
-    let db = TestDb::empty().await;
-    let mut conn = db.conn().await;
-    assert_eq!(
-        migrations::pending(&mut conn).await.unwrap(),
-        ["2026-11-26-000002_create_jetstream_inbox_events"]
-    );
-    let applied = migrations::run_pending(&mut conn).await.unwrap();
-    assert_eq!(applied, ["2026-11-26-000002_create_jetstream_inbox_events"]);
-    assert!(migrations::run_pending(&mut conn).await.unwrap().is_empty());
-    let e = entry(1);
-    assert_eq!(
-        Inbox::new().record(&mut conn, &e).await.unwrap(),
-        Recorded::New
-    );
-    // The outbox table is not the inbox's to create.
-    #[derive(QueryableByName)]
-    struct T {
-        #[diesel(sql_type = Nullable<Text>)]
-        t: Option<String>,
-    }
-    let t: T = diesel::sql_query("SELECT to_regclass('jetstream_outbox_events')::text AS t")
-        .get_result(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!(t.t, None);
     drop(conn);
     db.teardown().await;
 }

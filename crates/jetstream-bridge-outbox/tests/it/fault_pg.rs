@@ -6,7 +6,7 @@ use diesel_async::pooled_connection::deadpool::Pool;
 use diesel_async::pooled_connection::AsyncDieselConnectionManager;
 use diesel_async::AsyncPgConnection;
 use jetstream_bridge_config::Config;
-use jetstream_bridge_outbox::{migrations, NewEvent, Outbox, Relay};
+use jetstream_bridge_outbox::{NewEvent, Outbox, Relay};
 use jetstream_bridge_testkit::{PgServer, TestNats};
 use serde_json::json;
 
@@ -23,7 +23,10 @@ async fn database_outage_is_survived() {
         .build()
         .unwrap();
     let mut conn = pg.connect().await;
-    migrations::run_pending(&mut conn).await.unwrap();
+    jetstream_bridge_pg::Migrator::all()
+        .run(&mut conn)
+        .await
+        .unwrap();
     drop(conn);
     let pool = Pool::builder(AsyncDieselConnectionManager::<AsyncPgConnection>::new(
         pg.url(),

@@ -6,7 +6,6 @@
 mod enqueue;
 mod fault_nats;
 mod fault_pg;
-mod migrations;
 mod ordering;
 mod publisher;
 mod relay;
