@@ -4,8 +4,6 @@
 use std::time::Duration;
 
 use async_nats::jetstream::context::PublishErrorKind;
-use jetstream_bridge_config::Envelope;
-use serde_json::Value;
 
 use super::claim::Batch;
 use super::sql::ClaimedRow;
@@ -227,20 +225,22 @@ fn is_outage(e: &async_nats::jetstream::context::PublishError) -> bool {
     e.kind() != PublishErrorKind::StreamNotFound && publish_is_outage(e)
 }
 
-/// The message body for a row's `payload`: an envelope object is re-encoded with the wire key
-/// order (jsonb does not keep key order); a gem-written row holds the envelope as a JSON string,
-/// which is sent as it is.
-fn encode_payload(payload: Value) -> std::result::Result<Vec<u8>, String> {
-    match payload {
-        Value::String(text) => Ok(text.into_bytes()),
-        payload @ Value::Object(_) => Envelope::from_value(payload)
-            .map(|e| e.to_vec())
-            .map_err(|e| format!("unreadable envelope in outbox row: {e}")),
+/// The message body for a row's `payload` text: an envelope object is sent exactly as it was
+/// stored (the bytes serialized at enqueue: key order, number formatting and escapes kept); a
+/// gem-written row that holds the envelope as a JSON string is sent as that string's content.
+/// The envelope itself is not parsed again (enqueue checked it).
+fn encode_payload(payload: String) -> std::result::Result<Vec<u8>, String> {
+    match payload.trim_start().as_bytes().first() {
+        Some(b'{') => Ok(payload.into_bytes()),
+        Some(b'"') => serde_json::from_str::<String>(&payload)
+            .map(String::into_bytes)
+            .map_err(|e| format!("unreadable JSON string in outbox payload: {e}")),
         other => Err(format!(
             "outbox payload is not an envelope object but {}",
             match other {
-                Value::Array(_) => "an array",
-                Value::Null => "null",
+                Some(b'[') => "an array",
+                Some(b'n') => "null",
+                None => "empty",
                 _ => "a scalar",
             }
         )),
@@ -250,31 +250,24 @@ fn encode_payload(payload: Value) -> std::result::Result<Vec<u8>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     #[test]
-    fn payload_encoding_restores_wire_order_and_passes_gem_strings() {
-        let envelope = Envelope::builder("user.created", json!({"id": "u-1"}))
-            .producer("orders")
-            .build()
-            .unwrap();
-        // jsonb hands keys back in its own order.
-        let shuffled: serde_json::Map<String, Value> = serde_json::to_value(&envelope)
-            .unwrap()
-            .as_object()
-            .unwrap()
-            .iter()
-            .rev()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        let body = encode_payload(Value::Object(shuffled)).unwrap();
-        assert_eq!(body, envelope.to_vec());
-        let gem = envelope.to_json_string();
-        assert_eq!(
-            encode_payload(Value::String(gem.clone())).unwrap(),
-            gem.into_bytes()
-        );
-        assert!(encode_payload(json!([1])).is_err());
-        assert!(encode_payload(json!({"no": "envelope"})).is_err());
+    fn payloads_are_sent_as_stored_and_gem_strings_unwrapped() {
+        // Key order and number formatting jsonb would change, a Ruby-style float, `/`.
+        let stored = r#"{"event_id":"e1","payload":{"id":6,"big":12345678901234567890,"f":1.0e+20,"sym":"a/b"}}"#;
+        assert_eq!(encode_payload(stored.to_owned()).unwrap(), stored.as_bytes());
+        let gem = serde_json::to_string(stored).unwrap();
+        assert!(gem.starts_with('"'));
+        assert_eq!(encode_payload(gem).unwrap(), stored.as_bytes());
+        assert!(encode_payload(r#""unterminated"#.to_owned()).is_err());
+        for (text, what) in [
+            ("[1]", "an array"),
+            ("null", "null"),
+            (" 42", "a scalar"),
+            ("", "empty"),
+        ] {
+            let err = encode_payload(text.to_owned()).unwrap_err();
+            assert!(err.ends_with(what), "{text}: {err}");
+        }
     }
 }

@@ -21,7 +21,7 @@ FROM (SELECT id FROM jetstream_outbox_events \
         AND subject <> ALL($4) \
       ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED) c \
 WHERE o.id = c.id \
-RETURNING o.id, o.event_id, o.subject, o.payload, o.headers, o.attempts";
+RETURNING o.id, o.event_id, o.subject, o.payload::text AS payload, o.headers, o.attempts";
 
 /// As [`CLAIM`], but only the oldest unsent row of each ordering key is claimable; the outer
 /// conditions are re-checked on the locked row version, so a head another relay just claimed
@@ -39,7 +39,7 @@ FROM (SELECT id FROM jetstream_outbox_events \
         AND subject <> ALL($4) \
       ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED) c \
 WHERE o.id = c.id \
-RETURNING o.id, o.event_id, o.subject, o.payload, o.headers, o.attempts";
+RETURNING o.id, o.event_id, o.subject, o.payload::text AS payload, o.headers, o.attempts";
 
 /// Extends the lease of the rows still held by this claim; returns them.
 pub(super) const RENEW: &str = "\
@@ -81,8 +81,9 @@ pub(super) struct ClaimedRow {
     pub(super) event_id: String,
     #[diesel(sql_type = Text)]
     pub(super) subject: String,
-    #[diesel(sql_type = Jsonb)]
-    pub(super) payload: Value,
+    /// The stored JSON text, exactly as written at enqueue.
+    #[diesel(sql_type = Text)]
+    pub(super) payload: String,
     #[diesel(sql_type = Jsonb)]
     pub(super) headers: Value,
     #[diesel(sql_type = Integer)]
