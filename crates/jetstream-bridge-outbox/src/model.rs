@@ -439,7 +439,9 @@ mod tests {
         assert!(!json_text_contains_nul(&text(
             json!({"a": ["b", 1, null, {"c": "d\u{1}"}]})
         )));
-        assert!(json_text_contains_nul(&text(json!({"a": ["b", {"c": "d\u{0}"}]}))));
+        assert!(json_text_contains_nul(&text(
+            json!({"a": ["b", {"c": "d\u{0}"}]})
+        )));
         assert!(json_text_contains_nul(&text(json!({"a\u{0}": 1}))));
         assert!(json_text_contains_nul(&text(json!({"a": "\\\u{0}"}))));
         // An escaped backslash followed by the letters `u0000`, and a trailing backslash.

@@ -4,10 +4,10 @@ use std::time::Duration;
 
 use std::io::Write as _;
 
+use diesel::expression::AsExpression;
 use diesel::pg::Pg;
 use diesel::serialize::{IsNull, Output, ToSql};
 use diesel::sql_types::{Array, BigInt, Double, Json, Jsonb, Nullable, Text};
-use diesel::expression::AsExpression;
 use diesel::{Insertable, QueryableByName};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use jetstream_bridge_config::{Config, EventId};

@@ -255,7 +255,10 @@ mod tests {
     fn payloads_are_sent_as_stored_and_gem_strings_unwrapped() {
         // Key order and number formatting jsonb would change, a Ruby-style float, `/`.
         let stored = r#"{"event_id":"e1","payload":{"id":6,"big":12345678901234567890,"f":1.0e+20,"sym":"a/b"}}"#;
-        assert_eq!(encode_payload(stored.to_owned()).unwrap(), stored.as_bytes());
+        assert_eq!(
+            encode_payload(stored.to_owned()).unwrap(),
+            stored.as_bytes()
+        );
         let gem = serde_json::to_string(stored).unwrap();
         assert!(gem.starts_with('"'));
         assert_eq!(encode_payload(gem).unwrap(), stored.as_bytes());

@@ -78,7 +78,10 @@ async fn relayed_bytes_equal_the_direct_publish() {
     let direct_message = env.stream.get_raw_message(direct.sequence).await.unwrap();
     let relayed_message = relayed_stream.get_raw_message(1).await.unwrap();
     assert_eq!(relayed_message.payload, direct_message.payload);
-    assert_eq!(direct_message.payload.as_ref(), envelope.to_vec().as_slice());
+    assert_eq!(
+        direct_message.payload.as_ref(),
+        envelope.to_vec().as_slice()
+    );
     for message in [&direct_message, &relayed_message] {
         assert_eq!(
             message.headers.get(MSG_ID_HEADER).unwrap().as_str(),
