@@ -17,9 +17,13 @@ use crate::error::{OutboxError, OutboxErrorKind, Result};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Status {
-    /// Committed, waiting for a relay (also after a failed attempt that will be retried).
+    /// Committed and not sent yet: waiting for a relay (also after a failed attempt that will
+    /// be retried), or claimed by one while `claimed_until` lies ahead.
     Pending,
-    /// Claimed by a relay whose lease (`claimed_until`) has not expired yet.
+    /// Claimed, as earlier versions and other tools mark it. This relay leaves a claimed row
+    /// `Pending` and records the claim in `claimed_until` (the lease) and `claimed_by`, so that
+    /// the claim changes no indexed column; it claims `Publishing` rows under the same lease
+    /// rule (once `claimed_until` has passed, or when it is NULL).
     Publishing,
     /// Acknowledged by JetStream.
     Sent,

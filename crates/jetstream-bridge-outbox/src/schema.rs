@@ -14,7 +14,8 @@ diesel::table! {
         payload -> Json,
         /// Extra headers to publish (`traceparent`), as a JSON object of strings.
         headers -> Jsonb,
-        /// `pending`, `publishing` (claimed by a relay), `sent` or `failed` (quarantined).
+        /// `pending` (also while claimed: see `claimed_until`), `sent`, `failed` (quarantined), or
+        /// `publishing` (claimed, as written by earlier versions and other tools).
         status -> Text,
         /// Failed publish attempts so far.
         attempts -> Integer,

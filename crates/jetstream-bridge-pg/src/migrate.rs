@@ -160,6 +160,11 @@ const STEPS: &[Migration] = &[
         "2026-12-04-000003_outbox_payload_json",
         Component::Outbox
     ),
+    migration!(
+        "20261204000004",
+        "2026-12-04-000004_outbox_hot_claims",
+        Component::Outbox
+    ),
 ];
 
 /// Session-independent key of the advisory lock that serialises concurrent migration runs

@@ -4,15 +4,16 @@
 //!            ┌──────────── NOTIFY jetstream_outbox_events (at commit) / poll_interval ─┐
 //!            ▼                                                                          │
 //!  claim ≤ batch_size rows ──► publish, ≤ max_in_flight acks pending ──► one UPDATE … sent
-//!  (FOR UPDATE SKIP LOCKED,        (Nats-Msg-Id = event_id)               one UPDATE … back-off
-//!   lease claimed_until,                                                  (attempts, failed)
-//!   claim token claimed_by)                                               one UPDATE … release
+//!  (FOR UPDATE SKIP LOCKED,        (Nats-Msg-Id = event_id,               one UPDATE … back-off
+//!   lease claimed_until,            the stored payload bytes)             (attempts, failed)
+//!   claim token claimed_by;                                               one UPDATE … release
+//!   a HOT update)
 //! ```
 //!
-//! One module per stage: [`claim`] (claim and renew), [`publish`] (publish through the shared
-//! PubAck window and sort the outcomes), [`record`] (the fenced bookkeeping); [`run`] is the
-//! loop that overlaps them, [`listen`] the `LISTEN` wake-ups, [`mute`] the subjects without
-//! responders, [`sql`] the statements, [`settings`] the builder.
+//! One module per stage: `claim` (claim and renew), `publish` (publish through the shared
+//! PubAck window and sort the outcomes), `record` (the fenced bookkeeping); `run` is the loop
+//! that overlaps them, `listen` the `LISTEN` wake-ups, `mute` the subjects without responders,
+//! `sql` the statements (and why a claim is a HOT update), `settings` the builder.
 //!
 //! A row is marked sent only after its PubAck. A crash between the PubAck and the mark leaves
 //! the row claimed; its lease expires and a relay publishes it again, which JetStream drops as
@@ -20,7 +21,7 @@
 //!
 //! Every claim writes a fresh token (`<relay id>#<instance nonce>-<claim number>`) into
 //! `claimed_by`, and every later statement about the claimed rows (renew, mark sent, mark
-//! failed, release) is fenced by `claimed_by = token AND status = 'publishing'`: a relay whose
+//! failed, release) is fenced by `claimed_by = token AND status = 'pending'`: a relay whose
 //! lease expired and whose rows another relay took over changes nothing.
 
 mod claim;

@@ -116,7 +116,7 @@ impl Inner {
             };
             // Nothing to publish now: finish the bookkeeping before waiting. If there was some,
             // claim again at once instead of waiting: in ordered mode the claim just made could
-            // not take the next event of a key whose previous event was still `publishing`
+            // not take the next event of a key whose previous event was still claimed
             // (and no NOTIFY comes for rows committed long ago).
             if let Some(p) = unrecorded.take() {
                 current.add(&self.record(p).await);

@@ -462,6 +462,19 @@ async fn graceful_shutdown_leaves_no_claimed_rows() {
         counts.iter().all(|(status, _)| status != "publishing"),
         "{counts:?}"
     );
+    #[derive(QueryableByName)]
+    struct Claimed {
+        #[diesel(sql_type = BigInt)]
+        n: i64,
+    }
+    let claimed: Claimed = diesel::sql_query(
+        "SELECT count(*) AS n FROM jetstream_outbox_events \
+         WHERE claimed_by IS NOT NULL OR claimed_until IS NOT NULL",
+    )
+    .get_result(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(claimed.n, 0, "a claim outlived the shutdown");
     let sent = counts
         .iter()
         .find(|(status, _)| status == "sent")
