@@ -135,34 +135,30 @@ impl Publisher {
         I: IntoIterator,
         I::Item: Into<NewEvent>,
     {
-        // Every event, prepared lazily as the window pulls it: preparing one overlaps the wait
-        // for the PubAcks of those before it.
-        let mut prepared: Vec<Result<Prepared>> = Vec::new();
-        let mut acked: Vec<(usize, Acked)> = Vec::new();
-        let first = events.into_iter().enumerate().filter_map(|(i, event)| {
-            let p = event.into().prepare(&self.defaults);
-            let message = p.as_ref().ok().map(|p| (i, self.outgoing(p)));
-            prepared.push(p);
-            message
-        });
-        self.publish_round(first, &mut acked).await;
-        let mut results: Vec<Option<Result<Published>>> = prepared.iter().map(|_| None).collect();
-        let mut attempt = 1;
-        loop {
-            let mut retry = Vec::new();
-            for (i, acked) in acked.drain(..) {
-                let Some(Ok(p)) = prepared.get(i) else {
-                    continue;
-                };
-                let r = published(p, acked);
-                if matches!(&r, Err(e) if e.is_transient()) && attempt < self.attempts {
-                    retry.push(i);
+        let events = events.into_iter();
+        let mut pulled = 0;
+        let mut unprepared: Vec<(usize, OutboxError)> = Vec::new();
+        let mut settled: Vec<(usize, Result<Published>)> = Vec::with_capacity(events.size_hint().0);
+        let mut retry: Vec<(usize, Prepared)> = Vec::new();
+        // The first round prepares each event when the window takes it, so preparing overlaps
+        // the wait for earlier PubAcks; an event is held (for a retry) only while in flight.
+        let first = events.enumerate().filter_map(|(i, event)| {
+            pulled = i + 1;
+            match event.into().prepare(&self.defaults) {
+                Ok(p) => {
+                    let message = self.outgoing(&p);
+                    Some(((i, p), message))
                 }
-                results[i] = Some(r);
+                Err(e) => {
+                    unprepared.push((i, e));
+                    None
+                }
             }
-            if retry.is_empty() {
-                break;
-            }
+        });
+        let mut attempt = 1;
+        self.publish_round(first, attempt, &mut settled, &mut retry)
+            .await;
+        while !retry.is_empty() {
             tracing::debug!(
                 events = retry.len(),
                 attempt,
@@ -170,38 +166,47 @@ impl Publisher {
             );
             tokio::time::sleep(self.backoff.delay(attempt)).await;
             attempt += 1;
-            let again = retry.into_iter().filter_map(|i| match prepared.get(i) {
-                Some(Ok(p)) => Some((i, self.outgoing(p))),
-                _ => None,
+            let again = std::mem::take(&mut retry).into_iter().map(|(i, p)| {
+                let message = self.outgoing(&p);
+                ((i, p), message)
             });
-            self.publish_round(again, &mut acked).await;
+            self.publish_round(again, attempt, &mut settled, &mut retry)
+                .await;
         }
-        prepared
+        let mut results: Vec<Option<Result<Published>>> = (0..pulled).map(|_| None).collect();
+        for (i, r) in unprepared
             .into_iter()
-            .zip(results)
-            .map(|(p, r)| match (p, r) {
-                (Err(e), _) => Err(e),
-                (Ok(_), Some(r)) => r,
-                (Ok(p), None) => {
-                    Err(OutboxError::new(OutboxErrorKind::PublishNotAcked).for_event(p.event_id))
-                }
-            })
+            .map(|(i, e)| (i, Err(e)))
+            .chain(settled)
+        {
+            results[i] = Some(r);
+        }
+        results
+            .into_iter()
+            // Every event pulled was either refused before sending or settled.
+            .map(|r| r.unwrap_or_else(|| Err(OutboxError::new(OutboxErrorKind::PublishNotAcked))))
             .collect()
     }
 
-    /// One pass of `messages` (tagged with their index in the caller's input) through the
-    /// shared PubAck window; what JetStream answered for each is appended to `acked`.
+    /// One pass of `messages` (each tagged with its index in the caller's input and the event)
+    /// through the shared PubAck window: transient failures go to `retry` while `attempt` is
+    /// below [`retry_attempts`](Self::retry_attempts), every other result to `settled`.
     async fn publish_round(
         &self,
-        messages: impl Iterator<Item = (usize, Outgoing)>,
-        acked: &mut Vec<(usize, Acked)>,
+        messages: impl Iterator<Item = ((usize, Prepared), Outgoing)>,
+        attempt: u32,
+        settled: &mut Vec<(usize, Result<Published>)>,
+        retry: &mut Vec<(usize, Prepared)>,
     ) {
         publish_windowed(
             &self.jetstream,
             self.max_in_flight,
             messages,
             |_| false,
-            |i, r| acked.push((i, r)),
+            |(i, p), acked| match published(&p, acked) {
+                Err(e) if e.is_transient() && attempt < self.attempts => retry.push((i, p)),
+                r => settled.push((i, r)),
+            },
         )
         .await;
     }
@@ -275,5 +280,19 @@ fn published(p: &Prepared, acked: Acked) -> Result<Published> {
             subject: p.subject.clone(),
         }),
         Err(e) => Err(OutboxError::publish(e).for_event(p.event_id.clone())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn is_send<T: Send>(_: T) {}
+
+    /// Compiles only if the publish futures can be spawned on a multi-threaded runtime.
+    #[allow(dead_code)]
+    fn publish_futures_are_send(publisher: &Publisher, events: Vec<NewEvent>) {
+        is_send(publisher.publish_batch(events));
+        is_send(publisher.publish(NewEvent::new("user.created", serde_json::json!({}))));
     }
 }
