@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 
 use diesel::sql_types::{Array, BigInt, Double, Text};
-use diesel_async::{AsyncConnection, RunQueryDsl};
+use diesel_async::RunQueryDsl;
 use tokio::time::Instant;
 
 use super::sql::{self, ClaimedRow, IdRow};
@@ -29,46 +29,43 @@ impl Batch {
 }
 
 impl Inner {
-    /// Claims up to `batch_size` rows under a fresh claim token.
+    /// Claims up to `batch_size` rows under a fresh claim token, on the relay's claim
+    /// connection: one autocommit statement, one round trip.
     pub(super) async fn claim(&self) -> Result<Batch> {
         let number = self.claims.fetch_add(1, Ordering::Relaxed);
         let token = claim_token(&self.settings.relay_id, self.nonce, number);
         let claimed_at = Instant::now();
-        let mut conn = self.conn().await?;
         let lease = self.settings.lease.as_secs_f64();
         let limit = i64::try_from(self.settings.batch_size).unwrap_or(i64::MAX);
         let muted = self.muted_subjects();
-        let mut rows: Vec<ClaimedRow> = if self.settings.ordered {
-            diesel::sql_query(sql::CLAIM_ORDERED)
+        // The unordered claim's connection has `enable_sort = off`: PostgreSQL then walks
+        // `idx_outbox_claim` in id order and stops after `batch_size` rows. Without it the
+        // planner, whenever its statistics predate the backlog (a fresh table, or statistics
+        // taken while the outbox was empty: the normal case), picks a bitmap scan of *every*
+        // unsent row plus a sort, so each claim costs O(backlog) (measured: 15 ms instead of
+        // 1–3 ms at 17k unsent rows).
+        let statement = if self.settings.ordered {
+            sql::CLAIM_ORDERED
+        } else {
+            sql::CLAIM
+        };
+        let claimed = {
+            let mut conn = self.claim_conn.get(&self.pool).await?;
+            diesel::sql_query(statement)
                 .bind::<Double, _>(lease)
                 .bind::<Text, _>(&token)
                 .bind::<BigInt, _>(limit)
                 .bind::<Array<Text>, _>(muted)
-                .load(&mut *conn)
+                .load::<ClaimedRow>(&mut *conn)
                 .await
-        } else {
-            // Walk `idx_outbox_claim` in id order and stop after `batch_size` rows. Without
-            // `enable_sort = off` the planner, whenever its statistics predate the backlog
-            // (a fresh table, or statistics taken while the outbox was empty: the normal
-            // case), picks a bitmap scan of *every* unsent row plus a sort, so each claim
-            // costs O(backlog) (measured: 15 ms instead of 1–3 ms at 17k unsent rows).
-            // `SET LOCAL` keeps the setting inside this transaction.
-            let token = &token;
-            conn.transaction::<_, diesel::result::Error, _>(async move |conn| {
-                diesel::sql_query("SET LOCAL enable_sort = off")
-                    .execute(conn)
-                    .await?;
-                diesel::sql_query(sql::CLAIM)
-                    .bind::<Double, _>(lease)
-                    .bind::<Text, _>(token)
-                    .bind::<BigInt, _>(limit)
-                    .bind::<Array<Text>, _>(muted)
-                    .load(conn)
-                    .await
-            })
-            .await
-        }
-        .map_err(OutboxError::database)?;
+        };
+        let mut rows = match claimed {
+            Ok(rows) => rows,
+            Err(e) => {
+                self.claim_conn.discard().await;
+                return Err(OutboxError::database(e));
+            }
+        };
         rows.sort_unstable_by_key(|r| r.id);
         Ok(Batch {
             token,

@@ -25,6 +25,7 @@
 //! lease expired and whose rows another relay took over changes nothing.
 
 mod claim;
+mod conn;
 mod listen;
 mod mute;
 mod publish;
@@ -49,6 +50,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use self::settings::RelayBuilder;
 
+use self::conn::OwnConn;
 use self::mute::MuteList;
 use self::settings::Settings;
 use crate::error::{OutboxError, OutboxErrorKind, Result};
@@ -133,6 +135,9 @@ struct Inner {
     nonce: u32,
     /// Subjects that answered "no responders", left out of claims until their back-off ends.
     muted: MuteList,
+    /// The relay's own connections for claims and for bookkeeping (see `conn`).
+    claim_conn: OwnConn,
+    record_conn: OwnConn,
 }
 
 impl std::fmt::Debug for Inner {
@@ -144,6 +149,7 @@ impl std::fmt::Debug for Inner {
 }
 
 impl Inner {
+    /// A pooled connection (lease renewals).
     async fn conn(&self) -> Result<Object<AsyncPgConnection>> {
         self.pool.get().await.map_err(OutboxError::pool)
     }
@@ -192,7 +198,9 @@ impl RelayHandle {
 
 impl Relay {
     /// Starts building a relay that publishes with `jetstream` the rows of the database behind
-    /// `pool`. The pool needs at least 2 connections (one is taken out for `LISTEN`).
+    /// `pool`. The relay takes three connections out of the pool for as long as it runs (for
+    /// `LISTEN`, claims and bookkeeping; they do not count against the pool's size) and borrows
+    /// pooled ones only to renew a lease.
     ///
     /// Defaults: batch 500, 256 acks in flight, lease 30 s, poll 1 s, 10 attempts, row
     /// back-off 1 s..5 min, outage back-off 100 ms..10 s, lowercase msg-id header on,

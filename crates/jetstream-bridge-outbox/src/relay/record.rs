@@ -5,11 +5,11 @@ use std::future::Future;
 use std::time::Duration;
 
 use diesel::sql_types::{Array, BigInt, Double, Integer, Text};
-use diesel_async::pooled_connection::deadpool::Object;
-use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use diesel_async::RunQueryDsl;
 use tokio::time::Instant;
 
 use super::claim::Batch;
+use super::conn::OwnGuard;
 use super::publish::Sorted;
 use super::sql::{self, StatusRow};
 use super::{Inner, RelayStats};
@@ -126,13 +126,14 @@ impl Inner {
         .map(|n| n as u64)
     }
 
-    /// Retries a bookkeeping statement with the outage back-off while the batch's lease lasts
-    /// (one attempt at least); after that another relay may hold the rows (the fenced
-    /// statements could not change them anyway) and they are republished after their lease,
-    /// deduplicated by JetStream. Only transient errors are retried.
-    async fn retry_db<T, F, Fut>(&self, batch: &Batch, mut f: F) -> Option<T>
+    /// Retries a bookkeeping statement (on the relay's bookkeeping connection) with the outage
+    /// back-off while the batch's lease lasts (one attempt at least); after that another relay
+    /// may hold the rows (the fenced statements could not change them anyway) and they are
+    /// republished after their lease, deduplicated by JetStream. Only transient errors are
+    /// retried; a failed statement closes the connection (a new one is taken next time).
+    async fn retry_db<'a, T, F, Fut>(&'a self, batch: &Batch, mut f: F) -> Option<T>
     where
-        F: FnMut(Object<AsyncPgConnection>) -> Fut,
+        F: FnMut(OwnGuard<'a>) -> Fut,
         Fut: Future<Output = Result<T>>,
     {
         // Settings are bounded (at most a day), but never panic on clock arithmetic: without
@@ -144,13 +145,14 @@ impl Inner {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let result = match self.conn().await {
+            let result = match self.record_conn.get(&self.pool).await {
                 Ok(conn) => f(conn).await,
                 Err(e) => Err(e),
             };
             match result {
                 Ok(value) => return Some(value),
                 Err(e) => {
+                    self.record_conn.discard().await;
                     let delay = self.settings.outage.delay(attempt);
                     let retry_at = Instant::now().checked_add(delay);
                     if !e.is_transient() || retry_at.is_none_or(|at| at >= deadline) {

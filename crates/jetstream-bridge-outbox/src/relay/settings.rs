@@ -7,6 +7,7 @@ use std::time::Duration;
 use async_nats::jetstream::Context;
 use jetstream_bridge_config::Config;
 
+use super::conn::OwnConn;
 use super::{Inner, PgPool, Relay};
 use crate::backoff::Backoff;
 use crate::error::{OutboxError, OutboxErrorKind, Result};
@@ -204,6 +205,7 @@ impl RelayBuilder {
                 problems.join("; "),
             ));
         }
+        let claim_conn = OwnConn::claims(self.settings.ordered);
         Ok(Relay {
             inner: Arc::new(Inner {
                 jetstream: self.jetstream,
@@ -212,6 +214,8 @@ impl RelayBuilder {
                 claims: AtomicU64::new(0),
                 nonce: rand::random::<u32>(),
                 muted: std::sync::Mutex::default(),
+                claim_conn,
+                record_conn: OwnConn::bookkeeping(),
             }),
         })
     }
