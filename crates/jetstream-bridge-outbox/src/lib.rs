@@ -9,6 +9,7 @@ mod publisher;
 mod relay;
 pub mod schema;
 mod store;
+mod window;
 
 pub use admin::{ErrorCount, FailedRows, OutboxStatus, Requeued};
 pub use error::{OutboxError, OutboxErrorKind, Result};
