@@ -6,7 +6,7 @@
 //! pay for serialization.
 
 use std::future::IntoFuture;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
 use futures_util::stream::FuturesUnordered;
@@ -31,13 +31,17 @@ pub(super) async fn batch(args: &Args, fx: &Fixture) -> anyhow::Result<ScenarioR
             let count = if warmup { args.warm_events() } else { n };
             let base = raw_pipelined(fx, count, counts).await?;
             progress!(
-                "  raw pipelined publish{}: {base:.0} events/s",
-                label(warmup)
+                "  raw pipelined publish{}: {:.0} events/s, {}",
+                label(warmup),
+                base.rate,
+                base.cpu_text()
             );
             let ours = publish_batch(fx, count, counts).await?;
             progress!(
-                "  Publisher::publish_batch{}: {ours:.0} events/s",
-                label(warmup)
+                "  Publisher::publish_batch{}: {:.0} events/s, {}",
+                label(warmup),
+                ours.rate,
+                ours.cpu_text()
             );
             Ok((base, ours))
         }
@@ -46,20 +50,42 @@ pub(super) async fn batch(args: &Args, fx: &Fixture) -> anyhow::Result<ScenarioR
     let base = Measurement::new(
         format!("raw async-nats pipelined ({WINDOW} in flight)"),
         "events/s",
-        pairs.iter().map(|p| p.0).collect(),
+        pairs.iter().map(|p| p.0.rate).collect(),
     );
     let ours = Measurement::new(
         "Publisher::publish_batch",
         "events/s",
-        pairs.iter().map(|p| p.1).collect(),
+        pairs.iter().map(|p| p.1.rate).collect(),
     );
     let ratio = Measurement::ratio("publish_batch / raw", &ours.samples, &base.samples);
+    let checks = vec![Check::on(&ratio, Cmp::AtLeast, 0.8)];
+    let mut measurements = vec![base, ours, ratio];
+    // CPU time of this process per event: what each contender costs whatever else runs on the
+    // machine (throughput under load follows it).
+    let cpu: Option<Vec<(f64, f64)>> = pairs
+        .iter()
+        .map(|(b, o)| Some((b.cpu_us?, o.cpu_us?)))
+        .collect();
+    if let Some(cpu) = cpu {
+        let base = Measurement::new(
+            "raw: process CPU per event",
+            "µs",
+            cpu.iter().map(|c| c.0).collect(),
+        );
+        let ours = Measurement::new(
+            "publish_batch: process CPU per event",
+            "µs",
+            cpu.iter().map(|c| c.1).collect(),
+        );
+        let ratio = Measurement::ratio("CPU publish_batch / raw", &ours.samples, &base.samples);
+        measurements.extend([base, ours, ratio]);
+    }
     Ok(ScenarioReport {
         scenario: Scenario::PublishBatch,
         events: n,
         runs: args.repeat,
-        checks: vec![Check::on(&ratio, Cmp::AtLeast, 0.8)],
-        measurements: vec![base, ours, ratio],
+        checks,
+        measurements,
         counts: counts.into_vec(),
         notes: vec![format!(
             "one publish_batch call over all events vs one raw loop; both {WINDOW} PubAcks in \
@@ -126,9 +152,52 @@ async fn account(fx: &Fixture, who: &str, count: usize, counts: &Counts) -> anyh
     counts.record(&format!("{who}: messages stored"), count, stored)
 }
 
-async fn raw_pipelined(fx: &Fixture, count: usize, counts: &Counts) -> anyhow::Result<f64> {
+/// One timed run: events per second and, where the platform tells, this process's CPU time
+/// per event.
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    rate: f64,
+    cpu_us: Option<f64>,
+}
+
+impl Run {
+    /// Ends a run of `count` events started at `started` with `cpu` process CPU time.
+    fn finish(count: usize, started: Instant, cpu: Option<Duration>) -> Self {
+        let cpu_us = cpu.zip(process_cpu()).map(|(before, after)| {
+            after.saturating_sub(before).as_secs_f64() * 1e6 / count.max(1) as f64
+        });
+        Self {
+            rate: count as f64 / started.elapsed().as_secs_f64(),
+            cpu_us,
+        }
+    }
+
+    fn cpu_text(&self) -> String {
+        self.cpu_us
+            .map_or_else(String::new, |us| format!("{us:.1} µs CPU/event"))
+    }
+}
+
+/// CPU time of this process so far, all threads (Linux `/proc/self/task/*/schedstat`, in
+/// nanoseconds); `None` elsewhere. Threads that ended are not counted (the runtime's workers
+/// live for the whole benchmark).
+fn process_cpu() -> Option<Duration> {
+    let mut total = 0u64;
+    for task in std::fs::read_dir("/proc/self/task").ok()? {
+        let Ok(task) = task else { continue };
+        // A thread may end between the listing and the read.
+        let Ok(stat) = std::fs::read_to_string(task.path().join("schedstat")) else {
+            continue;
+        };
+        total += stat.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(Duration::from_nanos(total))
+}
+
+async fn raw_pipelined(fx: &Fixture, count: usize, counts: &Counts) -> anyhow::Result<Run> {
     fx.reset().await?;
     let payloads = payloads(count);
+    let cpu = process_cpu();
     let started = Instant::now();
     let mut acked = 0u64;
     let mut in_flight = FuturesUnordered::new();
@@ -152,22 +221,25 @@ async fn raw_pipelined(fx: &Fixture, count: usize, counts: &Counts) -> anyhow::R
         ack?;
         acked += 1;
     }
-    let rate = count as f64 / started.elapsed().as_secs_f64();
+    let run = Run::finish(count, started, cpu);
     counts.record("raw pipelined: acked", count, acked)?;
     account(fx, "raw pipelined", count, counts).await?;
-    Ok(rate)
+    Ok(run)
 }
 
-async fn publish_batch(fx: &Fixture, count: usize, counts: &Counts) -> anyhow::Result<f64> {
+async fn publish_batch(fx: &Fixture, count: usize, counts: &Counts) -> anyhow::Result<Run> {
     fx.reset().await?;
     let publisher = Publisher::new(&fx.producer, fx.js.clone()).max_in_flight(WINDOW);
-    let events: Vec<NewEvent> = payloads(count)
-        .into_iter()
-        .map(|p| NewEvent::new("order.placed", p))
-        .collect();
+    let payloads = payloads(count);
+    let cpu = process_cpu();
     let started = Instant::now();
+    // From the same payloads as the baseline, inside the timed region (as the baseline builds
+    // its envelopes): `publish_batch` takes the events as its window pulls them.
+    let events = payloads
+        .into_iter()
+        .map(|p| NewEvent::new("order.placed", p));
     let results = publisher.publish_batch(events).await;
-    let rate = count as f64 / started.elapsed().as_secs_f64();
+    let run = Run::finish(count, started, cpu);
     let mut acked = 0u64;
     for r in results {
         if !r?.duplicate {
@@ -176,7 +248,7 @@ async fn publish_batch(fx: &Fixture, count: usize, counts: &Counts) -> anyhow::R
     }
     counts.record("publish_batch: acked", count, acked)?;
     account(fx, "publish_batch", count, counts).await?;
-    Ok(rate)
+    Ok(run)
 }
 
 async fn raw_one_by_one(fx: &Fixture, count: usize, counts: &Counts) -> anyhow::Result<f64> {

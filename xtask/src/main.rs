@@ -21,18 +21,19 @@ enum Command {
     /// Run the whole test suite (`cargo test --workspace`) and print one total line; what `.ci/run`
     /// runs after `.ci/services.sh`.
     Test(test::Args),
-    /// Apply pending SQL migrations from `migrations/` to DATABASE_URL (idempotent: a second run
-    /// applies nothing and says so).
+    /// Create or upgrade every table (outbox and inbox) in DATABASE_URL; `jetstream-bridge
+    /// migrate` (idempotent: a second run applies nothing and says so).
     Migrate(migrate::Args),
-    /// Delete `sent` outbox rows older than `--older-than` (default 7d) in bounded batches.
+    /// Delete `sent` outbox rows older than `--older-than` (default 7d) in bounded batches;
+    /// `jetstream-bridge outbox cleanup`.
     OutboxRetention(migrate::RetentionArgs),
     /// Benchmark every scenario (or the named ones) against raw async-nats / raw Postgres
     /// measured in the same run, with PASS/FAIL per target; run with
     /// `cargo run --release -p xtask -- bench ...` for real figures.
     Bench(bench::Args),
-    /// Create or verify the stream, DLQ stream and durable consumer of one service (idempotent;
-    /// `--dry-run` prints the plan and changes nothing; exits non-zero on overlaps, drift,
-    /// permission or connection errors).
+    /// Create or verify the stream, DLQ stream and durable consumer of one service;
+    /// `jetstream-bridge ensure-topology` (idempotent; `--dry-run` prints the plan and changes
+    /// nothing; exits non-zero on overlaps, drift, permission or connection errors).
     EnsureTopology(ensure_topology::Args),
 }
 

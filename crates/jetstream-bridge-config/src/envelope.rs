@@ -26,8 +26,8 @@ pub use self::error::EnvelopeError;
 pub use self::event_id::EventId;
 pub use self::headers::{
     event_id_from_headers, resolve_event_id, DEAD_LETTER_HEADER, DEAD_LETTER_HEADER_VALUE,
-    DELIVERIES_HEADER, DLQ_CONTEXT_HEADER, DLQ_REASON_HEADER, MSG_ID_HEADER, RUBY_MSG_ID_HEADER,
-    TRACEPARENT_HEADER,
+    DELIVERIES_HEADER, DLQ_CONTEXT_HEADER, DLQ_REASON_HEADER, MSG_ID_HEADER, REPLAY_OF_HEADER,
+    RUBY_MSG_ID_HEADER, TRACEPARENT_HEADER,
 };
 pub use self::timestamp::Timestamp;
 

@@ -21,8 +21,8 @@ pub use duration::{format_duration, parse_duration};
 pub use envelope::{
     event_id_from_headers, resolve_event_id, DlqContext, DlqReason, Envelope, EnvelopeBuilder,
     EnvelopeError, EventId, Timestamp, DEAD_LETTER_HEADER, DEAD_LETTER_HEADER_VALUE,
-    DELIVERIES_HEADER, DLQ_CONTEXT_HEADER, DLQ_REASON_HEADER, MSG_ID_HEADER, RUBY_MSG_ID_HEADER,
-    TRACEPARENT_HEADER,
+    DELIVERIES_HEADER, DLQ_CONTEXT_HEADER, DLQ_REASON_HEADER, MSG_ID_HEADER, REPLAY_OF_HEADER,
+    RUBY_MSG_ID_HEADER, TRACEPARENT_HEADER,
 };
 pub use error::{
     ConfigError, ConfigProblem, DurationError, EnvVarError, NatsUrlError, SubjectError,

@@ -3,7 +3,7 @@
 use async_nats::HeaderMap;
 use jetstream_bridge_config::{
     DlqContext, DlqReason, DEAD_LETTER_HEADER, DEAD_LETTER_HEADER_VALUE, DELIVERIES_HEADER,
-    DLQ_CONTEXT_HEADER, DLQ_REASON_HEADER, MSG_ID_HEADER,
+    DLQ_CONTEXT_HEADER, DLQ_REASON_HEADER, MSG_ID_HEADER, REPLAY_OF_HEADER,
 };
 
 /// What the DLQ copy says about its original.
@@ -46,10 +46,32 @@ impl DeadLetter<'_> {
         context
     }
 
-    /// The original headers, each msg-id header (any spelling) re-keyed to
-    /// [`msg_id`](Self::msg_id) (the canonical `Nats-Msg-Id` always set), then the DLQ headers.
+    /// The msg-id of the DLQ copy of `original`: [`msg_id`](Self::msg_id), except for a
+    /// replayed dead letter (it carries [`REPLAY_OF_HEADER`]), whose event id was dead-lettered
+    /// before: `dlq:<its own Nats-Msg-Id>` (unique per replay), so that the new dead letter is
+    /// not dropped as a duplicate of the earlier one inside the DLQ stream's duplicate window.
+    fn msg_id_for(&self, original: Option<&HeaderMap>) -> String {
+        let replay_id = original
+            .filter(|h| {
+                h.iter().any(|(name, _)| {
+                    let name: &str = name.as_ref();
+                    name.eq_ignore_ascii_case(REPLAY_OF_HEADER)
+                })
+            })
+            .and_then(|h| h.get(MSG_ID_HEADER))
+            .map(|v| v.as_str().trim())
+            .filter(|v| !v.is_empty());
+        match replay_id {
+            Some(id) => format!("dlq:{id}"),
+            None => self.msg_id(),
+        }
+    }
+
+    /// The original headers, each msg-id header (any spelling) re-keyed to the DLQ copy's
+    /// msg-id ([`msg_id`](Self::msg_id); for a replay see `msg_id_for`), the canonical
+    /// `Nats-Msg-Id` always set, then the DLQ headers.
     pub(crate) fn headers(&self, original: Option<&HeaderMap>) -> HeaderMap {
-        let msg_id = self.msg_id();
+        let msg_id = self.msg_id_for(original);
         let mut headers = HeaderMap::new();
         if let Some(original) = original {
             for (name, values) in original.iter() {
@@ -114,5 +136,19 @@ mod tests {
         assert_eq!(context.consumer_sequence, Some(7));
         assert_eq!(context.event_id.as_deref(), Some("e1"));
         assert_eq!(letter(None).msg_id(), "dlq:s:42");
+    }
+
+    #[test]
+    fn a_replayed_dead_letter_is_rekeyed_from_its_own_msg_id() {
+        let mut original = HeaderMap::new();
+        original.insert("Nats-Msg-Id", "replay:e1:9");
+        original.insert("nats-msg-id", "e1");
+        original.insert(REPLAY_OF_HEADER, "e1");
+        let h = letter(Some("e1")).headers(Some(&original));
+        assert_eq!(h.get("Nats-Msg-Id").unwrap().as_str(), "dlq:replay:e1:9");
+        assert_eq!(h.get("nats-msg-id").unwrap().as_str(), "dlq:replay:e1:9");
+        assert_eq!(h.get(REPLAY_OF_HEADER).unwrap().as_str(), "e1");
+        let context = DlqContext::from_json(h.get(DLQ_CONTEXT_HEADER).unwrap().as_str()).unwrap();
+        assert_eq!(context.event_id.as_deref(), Some("e1"));
     }
 }

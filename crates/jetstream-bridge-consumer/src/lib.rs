@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod admin;
 mod attempt;
 mod builder;
 mod dispatch;
@@ -17,6 +18,7 @@ mod retry;
 mod runtime;
 mod stats;
 
+pub use admin::{DeadLetter, DeadLetterQueue, DlqError, DlqErrorKind, DlqFilter, ReplayOptions};
 pub use builder::{ConsumerBuilder, NoHandler, NoInbox, WithInbox};
 pub use error::{ConsumerError, ConsumerErrorKind, Result};
 pub use event::{Event, Metadata};

@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod admin;
 mod backoff;
 mod error;
 mod model;
@@ -8,7 +9,9 @@ mod publisher;
 mod relay;
 pub mod schema;
 mod store;
+mod window;
 
+pub use admin::{ErrorCount, FailedRows, OutboxStatus, Requeued};
 pub use error::{OutboxError, OutboxErrorKind, Result};
 pub use model::{NewEvent, Status};
 pub use publisher::{Published, Publisher};

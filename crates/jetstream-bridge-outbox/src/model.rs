@@ -17,9 +17,13 @@ use crate::error::{OutboxError, OutboxErrorKind, Result};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Status {
-    /// Committed, waiting for a relay (also after a failed attempt that will be retried).
+    /// Committed and not sent yet: waiting for a relay (also after a failed attempt that will
+    /// be retried), or claimed by one while `claimed_until` lies ahead.
     Pending,
-    /// Claimed by a relay whose lease (`claimed_until`) has not expired yet.
+    /// Claimed, as earlier versions and other tools mark it. This relay leaves a claimed row
+    /// `Pending` and records the claim in `claimed_until` (the lease) and `claimed_by`, so that
+    /// the claim changes no indexed column; it claims `Publishing` rows under the same lease
+    /// rule (once `claimed_until` has passed, or when it is NULL).
     Publishing,
     /// Acknowledged by JetStream.
     Sent,
@@ -180,7 +184,6 @@ impl NewEvent {
             event_id,
             subject,
             body,
-            envelope,
             traceparent: traceparent.map(|tp| tp.to_string()),
             ordering_key,
         })
@@ -196,6 +199,25 @@ pub(crate) fn contains_nul(value: &Value) -> bool {
         Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || contains_nul(v)),
         Value::Null | Value::Bool(_) | Value::Number(_) => false,
     }
+}
+
+/// Whether JSON text (valid, as our writer produces it) holds the escape `\u0000` in any
+/// string or key. A backslash only ever starts an escape there, so escapes are skipped as
+/// pairs: `\\u0000` (an escaped backslash, then `u0000`) is not a NUL.
+pub(crate) fn json_text_contains_nul(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while let Some(offset) = bytes[i..].iter().position(|b| *b == b'\\') {
+        let escape = i + offset + 1;
+        if bytes[escape..].starts_with(b"u0000") {
+            return true;
+        }
+        i = escape + 1;
+        if i >= bytes.len() {
+            return false;
+        }
+    }
+    false
 }
 
 impl From<Envelope> for NewEvent {
@@ -227,8 +249,8 @@ impl Defaults {
 pub(crate) struct Prepared {
     pub(crate) event_id: EventId,
     pub(crate) subject: String,
+    /// The envelope's wire bytes: what is published, and what the outbox stores.
     pub(crate) body: Vec<u8>,
-    pub(crate) envelope: Envelope,
     pub(crate) traceparent: Option<String>,
     pub(crate) ordering_key: String,
 }
@@ -323,10 +345,11 @@ mod tests {
         let p = NewEvent::new("user.created", json!({"id": 7}))
             .prepare(&defaults())
             .unwrap();
-        assert_eq!(p.envelope.producer, "orders");
+        let envelope = Envelope::from_slice(&p.body).unwrap();
+        assert_eq!(envelope.producer, "orders");
         assert_eq!(p.subject, "production.orders.sync.billing");
         assert_eq!(p.ordering_key, "user:7");
-        assert_eq!(p.body, p.envelope.to_vec());
+        assert_eq!(p.body, envelope.to_vec());
     }
 
     #[test]
@@ -427,6 +450,23 @@ mod tests {
         assert!(!contains_nul(&json!({"a": ["b", 1, null, {"c": "d"}]})));
         assert!(contains_nul(&json!({"a": ["b", {"c": "d\u{0}"}]})));
         assert!(contains_nul(&json!({"a\u{0}": 1})));
+    }
+
+    #[test]
+    fn nul_is_found_in_json_text() {
+        let text = |v: Value| serde_json::to_string(&v).unwrap();
+        assert!(!json_text_contains_nul(&text(
+            json!({"a": ["b", 1, null, {"c": "d\u{1}"}]})
+        )));
+        assert!(json_text_contains_nul(&text(
+            json!({"a": ["b", {"c": "d\u{0}"}]})
+        )));
+        assert!(json_text_contains_nul(&text(json!({"a\u{0}": 1}))));
+        assert!(json_text_contains_nul(&text(json!({"a": "\\\u{0}"}))));
+        // An escaped backslash followed by the letters `u0000`, and a trailing backslash.
+        assert!(!json_text_contains_nul(&text(json!({"a": "\\u0000"}))));
+        assert!(!json_text_contains_nul(&text(json!({"a": "x\\"}))));
+        assert!(!json_text_contains_nul(r"\"));
     }
 
     #[test]

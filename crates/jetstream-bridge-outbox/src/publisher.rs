@@ -3,13 +3,12 @@
 use std::time::Duration;
 
 use async_nats::jetstream::Context;
-use futures_util::stream::FuturesOrdered;
-use futures_util::StreamExt;
 use jetstream_bridge_config::{Config, EventId};
 
 use crate::backoff::Backoff;
 use crate::error::{OutboxError, OutboxErrorKind, Result};
 use crate::model::{nats_headers, Defaults, NewEvent, Prepared};
+use crate::window::{publish_windowed, Acked, Outgoing};
 
 /// A publish JetStream acknowledged.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,30 +135,30 @@ impl Publisher {
         I: IntoIterator,
         I::Item: Into<NewEvent>,
     {
-        let prepared: Vec<Result<Prepared>> = events
-            .into_iter()
-            .map(|e| e.into().prepare(&self.defaults))
-            .collect();
-        let mut results: Vec<Option<Result<Published>>> = prepared.iter().map(|_| None).collect();
-        let mut round: Vec<(usize, &Prepared)> = prepared
-            .iter()
-            .enumerate()
-            .filter_map(|(i, p)| p.as_ref().ok().map(|p| (i, p)))
-            .collect();
-        let mut attempt = 1;
-        loop {
-            let mut retry = Vec::new();
-            for (i, r) in self.publish_round(&round).await {
-                if matches!(&r, Err(e) if e.is_transient()) && attempt < self.attempts {
-                    if let Some(entry) = round.iter().find(|(j, _)| *j == i) {
-                        retry.push(*entry);
-                    }
+        let events = events.into_iter();
+        let mut pulled = 0;
+        let mut unprepared: Vec<(usize, OutboxError)> = Vec::new();
+        let mut settled: Vec<(usize, Result<Published>)> = Vec::with_capacity(events.size_hint().0);
+        let mut retry: Vec<(usize, Prepared)> = Vec::new();
+        // The first round prepares each event when the window takes it, so preparing overlaps
+        // the wait for earlier PubAcks; an event is held (for a retry) only while in flight.
+        let first = events.enumerate().filter_map(|(i, event)| {
+            pulled = i + 1;
+            match event.into().prepare(&self.defaults) {
+                Ok(p) => {
+                    let message = self.outgoing(&p);
+                    Some(((i, p), message))
                 }
-                results[i] = Some(r);
+                Err(e) => {
+                    unprepared.push((i, e));
+                    None
+                }
             }
-            if retry.is_empty() {
-                break;
-            }
+        });
+        let mut attempt = 1;
+        self.publish_round(first, attempt, &mut settled, &mut retry)
+            .await;
+        while !retry.is_empty() {
             tracing::debug!(
                 events = retry.len(),
                 attempt,
@@ -167,68 +166,62 @@ impl Publisher {
             );
             tokio::time::sleep(self.backoff.delay(attempt)).await;
             attempt += 1;
-            round = retry;
+            let again = std::mem::take(&mut retry).into_iter().map(|(i, p)| {
+                let message = self.outgoing(&p);
+                ((i, p), message)
+            });
+            self.publish_round(again, attempt, &mut settled, &mut retry)
+                .await;
         }
-        prepared
+        let mut results: Vec<Option<Result<Published>>> = (0..pulled).map(|_| None).collect();
+        for (i, r) in unprepared
             .into_iter()
-            .zip(results)
-            .map(|(p, r)| match (p, r) {
-                (Err(e), _) => Err(e),
-                (Ok(_), Some(r)) => r,
-                (Ok(p), None) => {
-                    Err(OutboxError::new(OutboxErrorKind::PublishNotAcked).for_event(p.event_id))
-                }
-            })
+            .map(|(i, e)| (i, Err(e)))
+            .chain(settled)
+        {
+            results[i] = Some(r);
+        }
+        results
+            .into_iter()
+            // Every event pulled was either refused before sending or settled.
+            .map(|r| r.unwrap_or_else(|| Err(OutboxError::new(OutboxErrorKind::PublishNotAcked))))
             .collect()
     }
 
-    /// One pipelined pass over `events` (index into the caller's input, event): the result of
-    /// each, in the same order.
+    /// One pass of `messages` (each tagged with its index in the caller's input and the event)
+    /// through the shared PubAck window: transient failures go to `retry` while `attempt` is
+    /// below [`retry_attempts`](Self::retry_attempts), every other result to `settled`.
     async fn publish_round(
         &self,
-        events: &[(usize, &Prepared)],
-    ) -> Vec<(usize, Result<Published>)> {
-        let mut out = Vec::with_capacity(events.len());
-        let mut in_flight = FuturesOrdered::new();
-        for &(i, p) in events {
-            while in_flight.len() >= self.max_in_flight {
-                if let Some(done) = in_flight.next().await {
-                    out.push(done);
-                }
-            }
-            match self.send(p).await {
-                Ok(ack) => {
-                    let (event_id, subject) = (p.event_id.clone(), p.subject.clone());
-                    in_flight.push_back(async move {
-                        let r = ack
-                            .await
-                            .map(|ack| Published {
-                                stream: ack.stream,
-                                sequence: ack.sequence,
-                                duplicate: ack.duplicate,
-                                event_id: event_id.clone(),
-                                subject,
-                            })
-                            .map_err(|e| OutboxError::publish(e).for_event(event_id));
-                        (i, r)
-                    });
-                }
-                Err(e) => {
-                    // Keep the output in input order: wait for what is in flight first.
-                    while let Some(done) = in_flight.next().await {
-                        out.push(done);
-                    }
-                    out.push((
-                        i,
-                        Err(OutboxError::publish(e).for_event(p.event_id.clone())),
-                    ));
-                }
-            }
+        messages: impl Iterator<Item = ((usize, Prepared), Outgoing)>,
+        attempt: u32,
+        settled: &mut Vec<(usize, Result<Published>)>,
+        retry: &mut Vec<(usize, Prepared)>,
+    ) {
+        publish_windowed(
+            &self.jetstream,
+            self.max_in_flight,
+            messages,
+            |_| false,
+            |(i, p), acked| match published(&p, acked) {
+                Err(e) if e.is_transient() && attempt < self.attempts => retry.push((i, p)),
+                r => settled.push((i, r)),
+            },
+        )
+        .await;
+    }
+
+    /// The event in wire form: subject, msg-id headers (and traceparent), body.
+    fn outgoing(&self, p: &Prepared) -> Outgoing {
+        let extra = p
+            .traceparent
+            .as_deref()
+            .map(|tp| (jetstream_bridge_config::TRACEPARENT_HEADER, tp));
+        Outgoing {
+            subject: p.subject.clone(),
+            headers: nats_headers(p.event_id.as_str(), extra, self.ruby_msg_id_header),
+            body: p.body.clone(),
         }
-        while let Some(done) = in_flight.next().await {
-            out.push(done);
-        }
-        out
     }
 
     async fn send(
@@ -238,13 +231,9 @@ impl Publisher {
         async_nats::jetstream::context::PublishAckFuture,
         async_nats::jetstream::context::PublishError,
     > {
-        let extra = p
-            .traceparent
-            .as_deref()
-            .map(|tp| (jetstream_bridge_config::TRACEPARENT_HEADER, tp));
-        let headers = nats_headers(p.event_id.as_str(), extra, self.ruby_msg_id_header);
+        let m = self.outgoing(p);
         self.jetstream
-            .publish_with_headers(p.subject.clone(), headers, p.body.clone().into())
+            .publish_with_headers(m.subject, m.headers, m.body.into())
             .await
     }
 
@@ -261,22 +250,13 @@ impl Publisher {
     async fn publish_prepared(&self, p: &Prepared) -> Result<Published> {
         let mut attempt = 1;
         loop {
-            let result = match self.send(p).await {
+            let acked = match self.send(p).await {
                 Ok(ack) => ack.await,
                 Err(e) => Err(e),
             };
-            match result {
-                Ok(ack) => {
-                    return Ok(Published {
-                        stream: ack.stream,
-                        sequence: ack.sequence,
-                        duplicate: ack.duplicate,
-                        event_id: p.event_id.clone(),
-                        subject: p.subject.clone(),
-                    })
-                }
-                Err(e) => {
-                    let err = OutboxError::publish(e).for_event(p.event_id.clone());
+            match published(p, acked) {
+                Ok(published) => return Ok(published),
+                Err(err) => {
                     if attempt >= self.attempts || !err.is_transient() {
                         return Err(err);
                     }
@@ -286,5 +266,33 @@ impl Publisher {
                 }
             }
         }
+    }
+}
+
+/// What a publish of `p` came to: the ack as [`Published`], or the error for its event.
+fn published(p: &Prepared, acked: Acked) -> Result<Published> {
+    match acked {
+        Ok(ack) => Ok(Published {
+            stream: ack.stream,
+            sequence: ack.sequence,
+            duplicate: ack.duplicate,
+            event_id: p.event_id.clone(),
+            subject: p.subject.clone(),
+        }),
+        Err(e) => Err(OutboxError::publish(e).for_event(p.event_id.clone())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn is_send<T: Send>(_: T) {}
+
+    /// Compiles only if the publish futures can be spawned on a multi-threaded runtime.
+    #[allow(dead_code)]
+    fn publish_futures_are_send(publisher: &Publisher, events: Vec<NewEvent>) {
+        is_send(publisher.publish_batch(events));
+        is_send(publisher.publish(NewEvent::new("user.created", serde_json::json!({}))));
     }
 }

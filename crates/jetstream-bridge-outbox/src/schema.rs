@@ -9,11 +9,13 @@ diesel::table! {
         event_id -> Text,
         /// The subject the event is published to.
         subject -> Text,
-        /// The envelope as a JSON object (a gem-written row may hold it as a JSON string).
-        payload -> Jsonb,
+        /// The envelope as a JSON object, stored (type `json`) exactly as serialized at enqueue
+        /// and published byte for byte (a gem-written row may hold it as a JSON string).
+        payload -> Json,
         /// Extra headers to publish (`traceparent`), as a JSON object of strings.
         headers -> Jsonb,
-        /// `pending`, `publishing` (claimed by a relay), `sent` or `failed` (quarantined).
+        /// `pending` (also while claimed: see `claimed_until`), `sent`, `failed` (quarantined), or
+        /// `publishing` (claimed, as written by earlier versions and other tools).
         status -> Text,
         /// Failed publish attempts so far.
         attempts -> Integer,

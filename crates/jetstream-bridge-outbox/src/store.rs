@@ -2,14 +2,19 @@
 
 use std::time::Duration;
 
-use diesel::sql_types::{Array, BigInt, Double, Jsonb, Nullable, Text};
+use std::io::Write as _;
+
+use diesel::expression::AsExpression;
+use diesel::pg::Pg;
+use diesel::serialize::{IsNull, Output, ToSql};
+use diesel::sql_types::{Array, BigInt, Double, Json, Jsonb, Nullable, Text};
 use diesel::{Insertable, QueryableByName};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use jetstream_bridge_config::{Config, EventId};
 use serde_json::Value;
 
 use crate::error::{BoxError, OutboxError, OutboxErrorKind, Result};
-use crate::model::{contains_nul, Defaults, NewEvent, Prepared};
+use crate::model::{contains_nul, json_text_contains_nul, Defaults, NewEvent, Prepared};
 use crate::schema::jetstream_outbox_events;
 
 /// Writes events into `jetstream_outbox_events` inside the caller's own transaction.
@@ -85,9 +90,23 @@ struct BacklogRow {
 struct NewRow {
     event_id: String,
     subject: String,
-    payload: Value,
+    payload: JsonText,
     headers: Value,
     ordering_key: String,
+}
+
+/// JSON text bound to a `json` parameter exactly as it is: the `payload` column (type `json`)
+/// keeps it verbatim, so the relay publishes the bytes serialized here.
+#[derive(Debug, AsExpression)]
+#[diesel(sql_type = Json)]
+struct JsonText(String);
+
+impl ToSql<Json, Pg> for JsonText {
+    fn to_sql<'b>(&'b self, out: &mut Output<'b, '_, Pg>) -> diesel::serialize::Result {
+        // The binary form of `json` is its text.
+        out.write_all(self.0.as_bytes())?;
+        Ok(IsNull::No)
+    }
 }
 
 impl NewRow {
@@ -97,11 +116,13 @@ impl NewRow {
                 .for_event(p.event_id.clone())
         };
         let headers = p.headers_json();
-        // The envelope as a real JSON object (lesson L-R10), not a JSON string.
-        let payload = serde_json::to_value(&p.envelope).map_err(|e| invalid(e.into()))?;
-        // PostgreSQL cannot store NUL: jsonb rejects `\u0000` (SQLSTATE 22P05) and varchar the
-        // byte 0x00, which would abort the caller's transaction. Refuse it before any I/O.
-        if contains_nul(&payload) || contains_nul(&headers) {
+        // The envelope as a real JSON object, not a JSON string: the wire body
+        // itself, stored verbatim.
+        let payload = String::from_utf8(p.body).map_err(|e| invalid(e.into()))?;
+        // Refused before any I/O, so the caller's transaction never aborts on it: varchar cannot
+        // hold the byte 0x00 and jsonb (the headers, the consumers' inbox, any `payload::jsonb`
+        // query) rejects `\u0000` (SQLSTATE 22P05).
+        if json_text_contains_nul(&payload) || contains_nul(&headers) {
             return Err(invalid(
                 "a string or key of the envelope contains NUL (\\u0000), which PostgreSQL \
                  jsonb cannot store"
@@ -114,7 +135,7 @@ impl NewRow {
         Ok(Self {
             event_id: p.event_id.into_string(),
             subject: p.subject,
-            payload,
+            payload: JsonText(payload),
             headers,
             ordering_key: p.ordering_key,
         })
@@ -189,7 +210,7 @@ impl Outbox {
             diesel::sql_query(INSERT_ORDERED_SQL)
                 .bind::<Text, _>(&row.event_id)
                 .bind::<Text, _>(&row.subject)
-                .bind::<Jsonb, _>(&row.payload)
+                .bind::<Json, _>(&row.payload)
                 .bind::<Jsonb, _>(&row.headers)
                 .bind::<Text, _>(&row.ordering_key)
                 .execute(conn)

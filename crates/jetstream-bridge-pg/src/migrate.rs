@@ -155,6 +155,16 @@ const STEPS: &[Migration] = &[
         "2026-11-26-000002_create_jetstream_inbox_events",
         Component::Inbox
     ),
+    migration!(
+        "20261204000003",
+        "2026-12-04-000003_outbox_payload_json",
+        Component::Outbox
+    ),
+    migration!(
+        "20261204000004",
+        "2026-12-04-000004_outbox_hot_claims",
+        Component::Outbox
+    ),
 ];
 
 /// Session-independent key of the advisory lock that serialises concurrent migration runs

@@ -32,12 +32,24 @@ pub const DELIVERIES_HEADER: &str = "x-deliveries";
 /// DLQ header with the compact JSON [`DlqContext`](crate::DlqContext).
 pub const DLQ_CONTEXT_HEADER: &str = "x-dlq-context";
 
-/// Finds the event id in a message's headers: the value of `Nats-Msg-Id`, matched
-/// case-insensitively (so the gem's `nats-msg-id` counts too).
+/// Header of a dead letter republished by a replay (`jetstream-bridge dlq replay`): the
+/// original event id.
 ///
-/// When several spellings are present, the exact canonical `Nats-Msg-Id` wins (it is the one the
-/// server deduplicated on), then the first other match. Values are trimmed; a value that is not a
-/// valid [`EventId`] (empty, too long, control characters) is skipped, as the gem skips blank ones.
+/// A replay cannot reuse the original id as `Nats-Msg-Id`: inside the stream's duplicate window
+/// the server would drop the copy as a duplicate of the original. It publishes with a msg-id of
+/// its own (`replay:<event_id>:<dlq sequence>`) and names the original event here;
+/// [`event_id_from_headers`] reads this header first, so a consumer's inbox dedupes the replay
+/// on the original event id (applied once, also when replayed twice or already applied).
+pub const REPLAY_OF_HEADER: &str = "x-replay-of";
+
+/// Finds the event id in a message's headers: the value of [`REPLAY_OF_HEADER`] on a replayed
+/// dead letter, else the value of `Nats-Msg-Id`, matched case-insensitively (so the gem's
+/// `nats-msg-id` counts too).
+///
+/// When several msg-id spellings are present, the exact canonical `Nats-Msg-Id` wins (it is the
+/// one the server deduplicated on), then the first other match. Values are trimmed; a value that
+/// is not a valid [`EventId`] (empty, too long, control characters) is skipped, as the gem skips
+/// blank ones.
 ///
 /// # Examples
 ///
@@ -51,6 +63,10 @@ pub const DLQ_CONTEXT_HEADER: &str = "x-dlq-context";
 /// assert_eq!(event_id_from_headers(both).unwrap(), "canonical");
 ///
 /// assert!(event_id_from_headers([("Nats-Msg-Id", "  ")]).is_none());
+///
+/// // A replayed dead letter: its own msg-id, the original event id in `x-replay-of`.
+/// let replay = [("Nats-Msg-Id", "replay:evt-1:42"), ("x-replay-of", "evt-1")];
+/// assert_eq!(event_id_from_headers(replay).unwrap(), "evt-1");
 /// ```
 #[must_use]
 pub fn event_id_from_headers<I, K, V>(headers: I) -> Option<EventId>
@@ -59,27 +75,33 @@ where
     K: AsRef<str>,
     V: AsRef<str>,
 {
+    let mut canonical: Option<String> = None;
     let mut first_other: Option<String> = None;
     for (name, value) in headers {
         let name = name.as_ref();
-        if !name.eq_ignore_ascii_case(MSG_ID_HEADER) {
+        let is_replay = name.eq_ignore_ascii_case(REPLAY_OF_HEADER);
+        if !is_replay && !name.eq_ignore_ascii_case(MSG_ID_HEADER) {
             continue;
         }
         let value = value.as_ref().trim();
         if event_id::validate(value).is_err() {
             continue;
         }
-        if name == MSG_ID_HEADER {
+        if is_replay {
             return EventId::new(value).ok();
         }
-        if first_other.is_none() {
+        if name == MSG_ID_HEADER {
+            canonical.get_or_insert_with(|| value.to_owned());
+        } else if first_other.is_none() {
             first_other = Some(value.to_owned());
         }
     }
-    first_other.and_then(|id| EventId::new(id).ok())
+    canonical
+        .or(first_other)
+        .and_then(|id| EventId::new(id).ok())
 }
 
-/// The event id of a received message as SPEC §3 defines it: the message-id header
+/// The event id of a received message: the replay or message-id header
 /// ([`event_id_from_headers`]), else the body's `event_id` when the body parsed, else `None`.
 ///
 /// Use it for logs and the DLQ context when the body may be malformed; when it parses,
@@ -145,6 +167,25 @@ mod tests {
         assert_eq!(event_id_from_headers(headers).unwrap(), "ok");
         let long = "x".repeat(300);
         assert!(event_id_from_headers([("Nats-Msg-Id", long.as_str())]).is_none());
+    }
+
+    #[test]
+    fn replay_header_wins_over_every_msg_id_spelling() {
+        let headers = [
+            ("Nats-Msg-Id", "replay:e1:7"),
+            ("nats-msg-id", "e1"),
+            ("X-Replay-Of", " e1 "),
+        ];
+        assert_eq!(event_id_from_headers(headers).unwrap(), "e1");
+        // An invalid replay header is skipped like an invalid msg-id.
+        let blank = [("x-replay-of", " "), ("Nats-Msg-Id", "m1")];
+        assert_eq!(event_id_from_headers(blank).unwrap(), "m1");
+        let body =
+            Envelope::from_slice(br#"{"event_id":"b1","event_type":"a.b","payload":{}}"#).unwrap();
+        assert_eq!(
+            resolve_event_id([(REPLAY_OF_HEADER, "e1")], Some(&body)).unwrap(),
+            "e1"
+        );
     }
 
     #[test]

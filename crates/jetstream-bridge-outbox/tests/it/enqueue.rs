@@ -127,7 +127,7 @@ async fn stored_shape_and_published_headers() {
         .await
         .unwrap();
     let shape: Shape = diesel::sql_query(
-        "SELECT jsonb_typeof(payload) AS payload_type, payload->>'producer' AS producer, \
+        "SELECT json_typeof(payload) AS payload_type, payload->>'producer' AS producer, \
          headers->>'traceparent' AS traceparent, subject, ordering_key, status \
          FROM jetstream_outbox_events",
     )
@@ -275,14 +275,15 @@ async fn backlog_counts_and_ages() {
     env.teardown().await;
 }
 
-/// PostgreSQL's jsonb cannot hold NUL: written raw, the insert fails on the server and aborts
-/// the transaction. `enqueue` refuses it before any I/O, as `InvalidEvent`, and the caller's
+/// PostgreSQL's jsonb (the `headers` column, the consumers' inbox, any `payload::jsonb` query)
+/// cannot hold NUL: written raw as jsonb, the insert fails on the server and aborts the
+/// transaction. `enqueue` refuses it before any I/O, as `InvalidEvent`, and the caller's
 /// transaction stays usable.
 #[tokio::test(flavor = "multi_thread")]
 async fn nul_in_a_payload_string_is_refused_before_the_database() {
     let env = Env::new().await;
     let mut conn = env.db.conn().await;
-    // What used to happen: the server rejects the row (22P05) and the error is not transient.
+    // What the server does with it: it rejects the value (22P05), not transiently.
     let raw = diesel::sql_query(
         "INSERT INTO jetstream_outbox_events (event_id, subject, payload) VALUES ('raw', 's', $1)",
     )

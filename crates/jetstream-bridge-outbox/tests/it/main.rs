@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod bytes;
 mod enqueue;
 mod fault_nats;
 mod fault_pg;

@@ -352,18 +352,39 @@ async fn listen_connections(env: &Env) -> i64 {
     row.n
 }
 
-/// An aborted relay (and a dropped `run_until` future) closes its `LISTEN` connection: the
-/// listener task is tied to the relay by a drop guard.
+/// Backends of the test database opened by a relay for its claims and bookkeeping.
+async fn own_connections(env: &Env) -> i64 {
+    let mut conn = env.db.conn().await;
+    let row: Listening = diesel::sql_query(
+        "SELECT count(*) AS n FROM pg_stat_activity \
+         WHERE datname = current_database() AND application_name = 'jetstream_bridge_relay'",
+    )
+    .get_result(&mut conn)
+    .await
+    .unwrap();
+    row.n
+}
+
+/// An aborted relay (and a dropped `run_until` future) closes its `LISTEN` connection (the
+/// listener task is tied to the relay by a drop guard) and its own claim and bookkeeping
+/// connections.
 #[tokio::test(flavor = "multi_thread")]
 async fn abort_and_drop_release_the_listen_connection() {
     let env = Env::new().await;
+    let mut conn = env.db.conn().await;
+    env.outbox
+        .enqueue(&mut conn, NewEvent::new("user.created", json!({"id": 1})))
+        .await
+        .unwrap();
+    drop(conn);
     let relay = env.relay().build().unwrap().spawn();
-    wait_stats(&[&relay], |s| s.listening).await;
+    wait_stats(&[&relay], |s| s.listening && s.sent == 1).await;
     assert_eq!(listen_connections(&env).await, 1);
+    assert_eq!(own_connections(&env).await, 2, "claim and bookkeeping");
     relay.abort();
     eventually(crate::WAIT, || async {
-        let n = listen_connections(&env).await;
-        (n == 0).then_some(()).ok_or(n)
+        let n = (listen_connections(&env).await, own_connections(&env).await);
+        (n == (0, 0)).then_some(()).ok_or(n)
     })
     .await;
 
@@ -462,6 +483,19 @@ async fn graceful_shutdown_leaves_no_claimed_rows() {
         counts.iter().all(|(status, _)| status != "publishing"),
         "{counts:?}"
     );
+    #[derive(QueryableByName)]
+    struct Claimed {
+        #[diesel(sql_type = BigInt)]
+        n: i64,
+    }
+    let claimed: Claimed = diesel::sql_query(
+        "SELECT count(*) AS n FROM jetstream_outbox_events \
+         WHERE claimed_by IS NOT NULL OR claimed_until IS NOT NULL",
+    )
+    .get_result(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(claimed.n, 0, "a claim outlived the shutdown");
     let sent = counts
         .iter()
         .find(|(status, _)| status == "sent")

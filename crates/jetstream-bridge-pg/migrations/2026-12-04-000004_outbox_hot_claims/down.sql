@@ -1,0 +1,1 @@
+ALTER TABLE jetstream_outbox_events RESET (fillfactor);
