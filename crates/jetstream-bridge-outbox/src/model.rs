@@ -381,7 +381,8 @@ mod tests {
                 .prepare(&defaults())
         };
         let p = with_trace("trace-abc-123").unwrap();
-        assert_eq!(p.envelope.trace_id, "trace-abc-123");
+        let body: serde_json::Value = serde_json::from_slice(&p.body).unwrap();
+        assert_eq!(body["trace_id"], "trace-abc-123");
         for bad in ["", "a\r\nb", "a\u{0}"] {
             let err = with_trace(bad).unwrap_err();
             assert_eq!(err.kind(), OutboxErrorKind::InvalidEvent, "{bad:?}");
