@@ -137,8 +137,10 @@ impl HealthBuilder {
         self
     }
 
-    /// The shutdown flag readiness reads (default: a new one, see
-    /// [`Health::set_shutting_down`]).
+    /// The shutdown signal readiness reads (default: a new one, see
+    /// [`Health::set_shutting_down`]). Pass the process's one [`Shutdown`](crate::Shutdown)
+    /// (the one given to the relay's and the consumer's `run_until`, or to `Bridge`), so
+    /// readiness turns false the moment it is triggered.
     pub fn shutdown_signal(mut self, signal: ShutdownSignal) -> Self {
         self.shutdown = Some(signal);
         self
@@ -496,7 +498,7 @@ impl Health {
     /// As [`health_check`](Self::health_check).
     pub async fn readiness(&self) -> Readiness {
         let mut reasons = Vec::new();
-        if self.inner.shutdown.is_shutting_down() {
+        if self.inner.shutdown.is_triggered() {
             reasons.push("shutting down".to_owned());
         }
         if let Some(consumer) = &self.inner.consumer {
@@ -541,7 +543,7 @@ impl Health {
     /// ended without a shutdown having begun, or the consumer stalled.
     pub fn liveness(&self) -> Liveness {
         let runtime = self.observe_runtimes();
-        let shutting_down = self.inner.shutdown.is_shutting_down();
+        let shutting_down = self.inner.shutdown.is_triggered();
         let mut reasons = Vec::new();
         for (name, l) in [("relay", &runtime.relay), ("consumer", &runtime.consumer)] {
             let Some(l) = l else { continue };
@@ -572,7 +574,7 @@ impl Health {
 
     /// Marks the process as shutting down: readiness fails from now on.
     pub fn set_shutting_down(&self) {
-        self.inner.shutdown.set_shutting_down();
+        self.inner.shutdown.trigger();
     }
 
     /// The metrics this checker refreshes.

@@ -28,4 +28,4 @@ pub use report::{
     ConfigReport, ConnectionReport, ConsumerReport, DlqReport, HealthReport, OutboxReport,
     PerformanceReport, RuntimeLiveness, RuntimeReport, SkippedReport, StreamReport,
 };
-pub use shutdown::ShutdownSignal;
+pub use shutdown::{Shutdown, ShutdownSignal};

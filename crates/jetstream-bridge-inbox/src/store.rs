@@ -152,7 +152,8 @@ impl InboxStatus {
     }
 }
 
-/// The inbox of table `jetstream_inbox_events` (migration in [`crate::migrations`]).
+/// The inbox of table `jetstream_inbox_events` (created by `jetstream-bridge migrate`, or
+/// `jetstream_bridge_pg::Migrator` in code).
 ///
 /// Stateless: the methods take the connection to use, so [`record`](Self::record) and
 /// [`mark_processed`](Self::mark_processed) run inside the caller's transaction together with
