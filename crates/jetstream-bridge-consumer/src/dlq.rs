@@ -1,4 +1,4 @@
-//! The dead-letter copy of a message (SPEC §5).
+//! The dead-letter copy of a message (see docs/WIRE.md).
 
 use async_nats::HeaderMap;
 use jetstream_bridge_config::{
@@ -23,8 +23,8 @@ pub(crate) struct DeadLetter<'a> {
 impl DeadLetter<'_> {
     /// The msg-id of the DLQ copy: `dlq:<event_id>`, or `dlq:<stream>:<sequence>` when the
     /// original has no event id (a malformed body without a msg-id header). A different id than
-    /// the original's, so the server does not drop the copy as a duplicate of it (gem lesson
-    /// L-R2), and a stable one, so a DLQ publish repeated after a redelivery is deduplicated.
+    /// the original's, so the server does not drop the copy as a duplicate of it (the Ruby
+    /// gem loses dead letters that way), and a stable one, so a DLQ publish repeated after a redelivery is deduplicated.
     pub(crate) fn msg_id(&self) -> String {
         match self.event_id {
             Some(id) => format!("dlq:{id}"),

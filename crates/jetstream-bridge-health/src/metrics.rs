@@ -1,4 +1,4 @@
-//! [`Metrics`]: the Prometheus registry with the seed's metric names; as a consumer
+//! [`Metrics`]: the Prometheus registry with the Ruby gem's metric names; as a consumer
 //! [`MetricsRecorder`] it feeds the per-message ones through the consumer's
 //! [`MetricsMiddleware`].
 

@@ -54,7 +54,7 @@ enum Source {
 /// ([`Publisher::publish`](crate::Publisher::publish)).
 ///
 /// Either built here from an event type and payload (the envelope's `producer` becomes the
-/// configured `app_name`, every other field gets the gem's default, SPEC §3), or a ready
+/// configured `app_name`, every other field gets the gem's default, see docs/WIRE.md), or a ready
 /// [`Envelope`] (`From<Envelope>`, sent as it is).
 ///
 /// # Examples

@@ -302,7 +302,7 @@ impl Outbox {
     }
 
     /// The backlog for health checks and alerts: unsent and quarantined row counts and the age
-    /// of the oldest unsent row (SPEC §7: count *and* age, peers' pain point 9). One statement,
+    /// of the oldest unsent row (count *and* age: a count alone hides a stuck old row). One statement,
     /// served by the partial claim index.
     ///
     /// # Errors

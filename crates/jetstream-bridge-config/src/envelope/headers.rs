@@ -11,7 +11,7 @@ use super::{event_id, Envelope, EventId};
 pub const MSG_ID_HEADER: &str = "Nats-Msg-Id";
 
 /// The lowercase message-id header the Ruby gem (≥ 2.3) sends and its consumer reads. The server
-/// does **not** deduplicate on it (SPEC §9); we send it as well so Ruby consumers see our ids.
+/// does **not** deduplicate on it; we send it as well so Ruby consumers see our ids.
 pub const RUBY_MSG_ID_HEADER: &str = "nats-msg-id";
 
 /// W3C Trace Context header carrying the active span across publish and consume.

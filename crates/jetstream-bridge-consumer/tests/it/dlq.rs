@@ -231,7 +231,7 @@ async fn without_dlq_poison_messages_are_terminated() {
 }
 
 /// With the JS API allowed, the durable's `max_deliver` on the server (3) decides, not a
-/// differing app config (10): the event is dead-lettered on delivery 3 (gem lesson L-R30).
+/// differing app config (10): the event is dead-lettered on delivery 3.
 #[tokio::test(flavor = "multi_thread")]
 async fn server_max_deliver_wins_over_a_differing_config() {
     let env = Env::new(|c| c).await;

@@ -97,7 +97,7 @@ impl RelayStats {
 /// What [`Relay::run_until`] and [`RelayHandle::shutdown`] return: the final counters.
 pub type RelayReport = RelayStats;
 
-/// Publishes committed outbox rows to JetStream (SPEC §4). Several relays may run against one
+/// Publishes committed outbox rows to JetStream. Several relays may run against one
 /// table; see the module docs in `docs/OUTBOX.md`.
 ///
 /// # Examples
