@@ -384,17 +384,21 @@ async fn readiness_flips_at_once_on_shutdown() {
     assert_eq!(status, 200, "{body}");
 
     let shutdown = tokio::spawn(handle.shutdown());
-    tokio::time::timeout(WAIT, stats.wait_for(|s| s.shutting_down))
+    let in_flight_at_stop = tokio::time::timeout(WAIT, stats.wait_for(|s| s.shutting_down))
         .await
         .expect("shutdown began")
-        .unwrap();
+        .unwrap()
+        .in_flight;
+    assert_eq!(
+        in_flight_at_stop, 1,
+        "the message is still draining when shutdown begins"
+    );
     let (status, body) = ready(addr).await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(
         body,
         json!({"ready": false, "reasons": ["consumer runtime shutting down"], "cached": null})
     );
-    assert_eq!(stats.borrow().in_flight, 1, "still draining");
     release.notify_one();
     let report = shutdown.await.unwrap().unwrap();
     assert_eq!(report.drained, 1);
