@@ -16,9 +16,10 @@ use crate::store::Outbox;
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct OutboxStatus {
-    /// Rows waiting for a relay.
+    /// Unsent rows waiting for a relay (not claimed, or their claim's lease ran out).
     pub pending: u64,
-    /// Rows claimed by a relay right now.
+    /// Unsent rows claimed by a relay right now (a lease in `claimed_until` that has not run
+    /// out; the relay leaves a claimed row's `status` at `pending`).
     pub publishing: u64,
     /// Rows acknowledged by JetStream (until retention deletes them).
     pub sent: u64,
@@ -111,8 +112,10 @@ impl Outbox {
     pub async fn status(conn: &mut AsyncPgConnection, top_errors: usize) -> Result<OutboxStatus> {
         let row: StatusRow = diesel::sql_query(
             "SELECT \
-               count(*) FILTER (WHERE status = 'pending') AS pending, \
-               count(*) FILTER (WHERE status = 'publishing') AS publishing, \
+               count(*) FILTER (WHERE status IN ('pending', 'publishing') \
+                 AND (claimed_until IS NULL OR claimed_until <= now())) AS pending, \
+               count(*) FILTER (WHERE status IN ('pending', 'publishing') \
+                 AND claimed_until > now()) AS publishing, \
                count(*) FILTER (WHERE status = 'sent') AS sent, \
                count(*) FILTER (WHERE status = 'failed') AS failed, \
                extract(epoch FROM now() - min(enqueued_at) \

@@ -256,3 +256,20 @@ async fn claims_are_hot_updates() {
     t.teardown().await;
     db.teardown().await;
 }
+
+/// `Outbox::status` counts a claimed row (still `pending`, with a live lease) as publishing.
+#[tokio::test(flavor = "multi_thread")]
+async fn status_counts_claimed_rows_as_publishing() {
+    let (t, db, config, mut conn) = with_events(3).await;
+    let relay = Relay::builder(&config, t.jetstream().clone(), db.pool().clone())
+        .batch_size(2)
+        .build()
+        .unwrap();
+    let batch = relay.inner.claim().await.unwrap();
+    assert_eq!(batch.rows.len(), 2);
+    let status = Outbox::status(&mut conn, 0).await.unwrap();
+    assert_eq!((status.pending, status.publishing), (1, 2));
+    drop(conn);
+    t.teardown().await;
+    db.teardown().await;
+}
