@@ -90,6 +90,45 @@ pub(crate) fn database_error(doing: &str, e: &(dyn std::error::Error + 'static))
     CliError::with_chain(CliErrorKind::Database, doing, e)
 }
 
+/// Runs one retention delete (`delete`: the library's batched call) and reports it: a start
+/// note, then the count (table) or `{deleted, older_than_seconds}` (`--json`). `rows` names what
+/// is deleted, e.g. "sent outbox".
+pub(crate) async fn cleanup<E>(
+    out: &Out,
+    rows: &str,
+    older_than: std::time::Duration,
+    batch_size: impl std::fmt::Display,
+    delete: impl std::future::Future<Output = Result<u64, E>>,
+) -> Result<(), CliError>
+where
+    E: std::error::Error + 'static,
+{
+    out.note(format!(
+        "deleting {rows} rows older than {} in batches of {batch_size}",
+        jetstream_bridge_config::format_duration(older_than)
+    ));
+    let started = std::time::Instant::now();
+    let deleted = delete.await.map_err(|e| {
+        database_error(
+            &format!("deleting {rows} rows (batches deleted before the failure stay deleted)"),
+            &e,
+        )
+    })?;
+    if out.json() {
+        out.value(&serde_json::json!({
+            "deleted": deleted,
+            "older_than_seconds": older_than.as_secs(),
+        }));
+    } else {
+        let kind = rows.split_whitespace().next().unwrap_or(rows);
+        out.line(format!(
+            "deleted {deleted} {kind} row(s) in {:.1}s",
+            started.elapsed().as_secs_f64()
+        ));
+    }
+    Ok(())
+}
+
 /// A NATS connection for `config` (the library's `connect`: credentials, TLS, retries).
 pub(crate) async fn nats(config: &Config, out: &Out) -> Result<Connection, CliError> {
     out.note(format!("connecting to NATS at {}", config.nats_urls()));

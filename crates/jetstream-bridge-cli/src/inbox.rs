@@ -1,8 +1,8 @@
 //! `inbox status | cleanup`: a thin layer over `jetstream_bridge_inbox::Inbox`.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use jetstream_bridge_config::{format_duration, parse_duration};
+use jetstream_bridge_config::parse_duration;
 use jetstream_bridge_inbox::Inbox;
 use serde_json::json;
 
@@ -98,32 +98,14 @@ pub(crate) async fn run(cmd: InboxCommand, global: &GlobalArgs, out: &Out) -> Re
             }
         }
         InboxCommand::Cleanup(args) => {
-            out.note(format!(
-                "deleting processed inbox rows older than {} in batches of {}",
-                format_duration(args.older_than),
-                args.batch_size
-            ));
-            let started = Instant::now();
-            let deleted = inbox
-                .cleanup_processed(&mut conn, args.older_than, args.batch_size)
-                .await
-                .map_err(|e| {
-                    connect::database_error(
-                        "deleting processed inbox rows (batches deleted before the failure stay deleted)",
-                        &e,
-                    )
-                })?;
-            if out.json() {
-                out.value(&json!({
-                    "deleted": deleted,
-                    "older_than_seconds": args.older_than.as_secs(),
-                }));
-            } else {
-                out.line(format!(
-                    "deleted {deleted} processed row(s) in {:.1}s",
-                    started.elapsed().as_secs_f64()
-                ));
-            }
+            connect::cleanup(
+                out,
+                "processed inbox",
+                args.older_than,
+                args.batch_size,
+                inbox.cleanup_processed(&mut conn, args.older_than, args.batch_size),
+            )
+            .await?;
         }
     }
     Ok(())

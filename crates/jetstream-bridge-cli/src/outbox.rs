@@ -1,8 +1,8 @@
 //! `outbox status | retry-failed | cleanup`: a thin layer over `jetstream_bridge_outbox::Outbox`.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use jetstream_bridge_config::{format_duration, parse_duration};
+use jetstream_bridge_config::parse_duration;
 use jetstream_bridge_outbox::{FailedRows, Outbox};
 use serde_json::json;
 
@@ -134,32 +134,14 @@ pub(crate) async fn run(
             }
         }
         OutboxCommand::Cleanup(args) => {
-            out.note(format!(
-                "deleting sent outbox rows older than {} in batches of {}",
-                format_duration(args.older_than),
-                args.batch_size
-            ));
-            let started = Instant::now();
-            let deleted =
-                Outbox::delete_sent_older_than(&mut conn, args.older_than, args.batch_size)
-                    .await
-                    .map_err(|e| {
-                        connect::database_error(
-                    "deleting sent outbox rows (batches deleted before the failure stay deleted)",
-                    &e,
-                )
-                    })?;
-            if out.json() {
-                out.value(&json!({
-                    "deleted": deleted,
-                    "older_than_seconds": args.older_than.as_secs(),
-                }));
-            } else {
-                out.line(format!(
-                    "deleted {deleted} sent row(s) in {:.1}s",
-                    started.elapsed().as_secs_f64()
-                ));
-            }
+            connect::cleanup(
+                out,
+                "sent outbox",
+                args.older_than,
+                args.batch_size,
+                Outbox::delete_sent_older_than(&mut conn, args.older_than, args.batch_size),
+            )
+            .await?;
         }
     }
     Ok(())
