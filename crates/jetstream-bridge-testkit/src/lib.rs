@@ -15,7 +15,7 @@ mod unique;
 
 pub use db::TestDb;
 pub use eventually::{eventually, Outcome, EVENTUALLY_INTERVAL};
-pub use nats::{TestNats, DEFAULT_NATS_URL, TEST_STREAM_MAX_AGE};
+pub use nats::{server_round_trip, TestNats, DEFAULT_NATS_URL, TEST_STREAM_MAX_AGE};
 pub use nats_server::{NatsCluster, NatsServer, NatsServerBuilder};
 pub use pg_server::PgServer;
 pub use service::InboxRow;

@@ -304,3 +304,34 @@ async fn sweep_stale_streams(jetstream: &Context) {
     }
     let _ = delete_streams(jetstream, &stale).await;
 }
+
+/// Returns once the server has processed everything `client` sent before the call, its
+/// subscriptions included.
+///
+/// [`Client::flush`] only writes the client's buffer to the socket; a subscription is in force
+/// once the server has read it. A test that subscribes on one connection and then makes another
+/// connection publish must await this in between, or the first messages can pass unseen. The
+/// server handles one connection's operations in order, so a probe message on a fresh inbox,
+/// published and received by `client`, proves every earlier operation was handled.
+///
+/// # Panics
+///
+/// When the probe does not come back within five seconds (the client needs to publish to and
+/// subscribe on its inbox prefix).
+pub async fn server_round_trip(client: &Client) {
+    let subject = client.new_inbox();
+    let mut probe = client
+        .subscribe(subject.clone())
+        .await
+        .unwrap_or_else(|e| panic!("server_round_trip: subscribe: {e}"));
+    client
+        .publish(subject, "".into())
+        .await
+        .unwrap_or_else(|e| panic!("server_round_trip: publish: {e}"));
+    match tokio::time::timeout(Duration::from_secs(5), probe.next()).await {
+        Ok(Some(_)) => {}
+        Ok(None) => panic!("server_round_trip: the connection closed"),
+        Err(_) => panic!("server_round_trip: no probe back within 5 s"),
+    }
+    let _ = probe.unsubscribe().await;
+}

@@ -13,7 +13,7 @@ use jetstream_bridge_config::{
     Config, ConsumerMode, Envelope, DLQ_CONTEXT_HEADER, DLQ_REASON_HEADER,
 };
 use jetstream_bridge_consumer::{Consumer, Event, HandlerError, InboxHandler};
-use jetstream_bridge_testkit::{eventually, NatsServer, TestDb};
+use jetstream_bridge_testkit::{eventually, server_round_trip, NatsServer, TestDb};
 use jetstream_bridge_topology::{connect, Connection, EnsureOptions, TopologySpec};
 use serde_json::json;
 
@@ -107,7 +107,7 @@ impl Monitor {
             .unwrap()
             .into_client();
         let mut all = client.subscribe(">").await.unwrap();
-        client.flush().await.unwrap();
+        server_round_trip(&client).await;
         let task = tokio::spawn(async move {
             let _client = client;
             let mut seen = Vec::new();
@@ -136,7 +136,7 @@ impl Monitor {
 
 async fn marker(admin: &Connection, subject: &'static str) {
     admin.client().publish(subject, "".into()).await.unwrap();
-    admin.client().flush().await.unwrap();
+    server_round_trip(admin.client()).await;
 }
 
 /// `admin` publishes an envelope of `event_type` as the peer would; returns its event id.

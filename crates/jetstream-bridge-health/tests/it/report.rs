@@ -228,7 +228,7 @@ async fn restricted_mode_makes_no_js_api_request() {
     let server = NatsServer::spawn().await;
     let observer = server.connect().await;
     let mut sub = observer.subscribe("$JS.API.>").await.unwrap();
-    observer.flush().await.unwrap();
+    jetstream_bridge_testkit::server_round_trip(&observer).await;
     let client = server.connect().await;
     let build = |restricted: bool| {
         Config::builder("restricted", "orders", "billing")

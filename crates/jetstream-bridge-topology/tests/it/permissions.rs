@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt as _;
 use jetstream_bridge_config::Config;
-use jetstream_bridge_testkit::NatsServer;
+use jetstream_bridge_testkit::{server_round_trip, NatsServer};
 use jetstream_bridge_topology::{
     bind_pull_consumer, connect, Connection, EnsureOptions, Operation, TopologyErrorKind,
     TopologySpec,
@@ -139,7 +139,7 @@ impl Monitor {
     async fn start(server: &NatsServer) -> Self {
         let client = connect_as(server, "monitor", None).await.into_client();
         let mut all = client.subscribe(">").await.unwrap();
-        client.flush().await.unwrap();
+        server_round_trip(&client).await;
         let seen = Arc::new(Mutex::new(Vec::new()));
         let log = seen.clone();
         let task = tokio::spawn(async move {
@@ -186,7 +186,7 @@ async fn least_privilege_runtime_makes_no_management_calls() {
         .publish("marker.start", "".into())
         .await
         .unwrap();
-    admin.client().flush().await.unwrap();
+    server_round_trip(admin.client()).await;
     for (user, prefix) in [("runtime", None), ("rpc", Some("$RPC")), ("strict", None)] {
         let runtime = connect_as(&server, user, prefix).await;
         runtime_round_trip(&runtime).await;
