@@ -235,7 +235,7 @@ async fn consumer_run(
     counts: &Counts,
 ) -> anyhow::Result<(f64, f64)> {
     fx.preload(count).await?;
-    let builder = |config: &Config| Consumer::builder(config.clone(), fx.js.clone());
+    let builder = |config: &Config| Consumer::builder(config, fx.js.clone());
     let cpu = cpu_seconds()?;
     let started = Instant::now();
     let handle = match mode {

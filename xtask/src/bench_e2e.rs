@@ -136,7 +136,7 @@ async fn run(fx: &Fixture, n: usize, counts: &Counts) -> anyhow::Result<Latency>
         .spawn();
     let handled: Seen = Arc::default();
     // Default fetch wait (5 s): see the note in the report.
-    let consumer = Consumer::builder(fx.consumer.clone(), fx.js.clone())
+    let consumer = Consumer::builder(&fx.consumer, fx.js.clone())
         .with_inbox(fx.pool.clone())
         .handler(Stamp(Arc::clone(&handled)))
         .concurrency(CONCURRENCY)

@@ -80,7 +80,7 @@ pub(super) async fn memory(args: &Args, fx: &Fixture) -> anyhow::Result<Scenario
     let relay = Relay::builder(&fx.producer, fx.js.clone(), fx.pool.clone())
         .build()?
         .spawn();
-    let consumer = Consumer::builder(fx.consumer.clone(), fx.js.clone())
+    let consumer = Consumer::builder(&fx.consumer, fx.js.clone())
         .with_inbox(fx.pool.clone())
         .handler(Noop)
         .concurrency(8)

@@ -149,7 +149,7 @@ pub(crate) async fn run(args: HealthArgs, global: &GlobalArgs, out: &Out) -> Res
             return Err(e);
         }
     };
-    let mut builder = Health::builder(config.clone(), connection.into_client())
+    let mut builder = Health::builder(&config, connection.jetstream())
         .topology(spec)
         .min_probe_interval(Duration::ZERO)
         .probe_timeout(args.probe_timeout)

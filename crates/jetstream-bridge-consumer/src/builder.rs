@@ -60,7 +60,7 @@ pub struct NoHandler;
 ///
 /// | builder | [`handler`](ConsumerBuilder::handler) takes | [`batch_handler`](ConsumerBuilder::batch_handler) takes |
 /// |---|---|---|
-/// | `Consumer::builder(config, js)` | [`Handler`]: `handle(&event)` | [`BatchHandler`]: `handle_batch(&events)` |
+/// | `Consumer::builder(&config, js)` | [`Handler`]: `handle(&event)` | [`BatchHandler`]: `handle_batch(&events)` |
 /// | `… .with_inbox(pool)` | [`InboxHandler`]: `handle(&event, conn)` | [`InboxBatchHandler`]: `handle_batch(&events, conn)` |
 ///
 /// # Examples
@@ -80,7 +80,7 @@ pub struct NoHandler;
 ///
 /// # fn f(config: jetstream_bridge_config::Config, js: async_nats::jetstream::Context,
 /// #      pool: Pool<AsyncPgConnection>) -> jetstream_bridge_consumer::Result<()> {
-/// let consumer = Consumer::builder(config, js).with_inbox(pool).handler(Apply).build()?;
+/// let consumer = Consumer::builder(&config, js).with_inbox(pool).handler(Apply).build()?;
 /// # Ok(()) }
 /// ```
 ///
@@ -97,7 +97,7 @@ pub struct NoHandler;
 /// #     }
 /// # }
 /// # fn f(config: jetstream_bridge_config::Config, js: async_nats::jetstream::Context) {
-/// let consumer = Consumer::builder(config, js).handler(Apply); // `Apply` is no `Handler`
+/// let consumer = Consumer::builder(&config, js).handler(Apply); // `Apply` is no `Handler`
 /// # }
 /// ```
 #[must_use]
@@ -141,12 +141,12 @@ impl Consumer {
     /// timeout 30 s, fetch wait 5 s, in-progress acks every `ack_wait / 2`, no per-message
     /// timeout, recovery backoff 100 ms..30 s, database probes 100 ms..10 s apart, health log
     /// every 10 minutes.
-    pub fn builder(config: Config, jetstream: jetstream::Context) -> ConsumerBuilder {
+    pub fn builder(config: &Config, jetstream: jetstream::Context) -> ConsumerBuilder {
         let concurrency = config.handler_concurrency().max(1);
         let progress = config.ack_wait() / 2;
         ConsumerBuilder {
             settings: Settings {
-                config,
+                config: config.clone(),
                 js: jetstream,
                 concurrency,
                 shutdown_timeout: Duration::from_secs(30),

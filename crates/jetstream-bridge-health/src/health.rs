@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use async_nats::connection::State;
-use async_nats::jetstream::{self, consumer, Context};
+use async_nats::jetstream::{consumer, Context};
 use async_nats::Client;
 use diesel::sql_types::{Array, Text};
 use diesel::QueryableByName;
@@ -61,8 +61,7 @@ struct MissingTable {
 #[must_use]
 pub struct HealthBuilder {
     config: Config,
-    client: Client,
-    jetstream: Option<Context>,
+    jetstream: Context,
     spec: Option<TopologySpec>,
     pool: Option<PgPool>,
     relay: Option<watch::Receiver<RelayStats>>,
@@ -92,13 +91,6 @@ impl fmt::Debug for HealthBuilder {
 }
 
 impl HealthBuilder {
-    /// The JetStream context to ask (default: a plain context on the client, for a JetStream
-    /// domain or API prefix pass your own). Its requests are bounded by the probe timeout.
-    pub fn jetstream(mut self, context: Context) -> Self {
-        self.jetstream = Some(context);
-        self
-    }
-
     /// The topology to check (default `TopologySpec::from_config`, i.e. a separate DLQ stream);
     /// pass the one you provision with, e.g. with [`DlqPlacement::MainStream`].
     pub fn topology(mut self, spec: TopologySpec) -> Self {
@@ -186,10 +178,9 @@ impl HealthBuilder {
 
     /// Builds the checker. Makes no request.
     pub fn build(self) -> Health {
-        let mut js = self
-            .jetstream
-            .unwrap_or_else(|| jetstream::new(self.client.clone()));
+        let mut js = self.jetstream;
         js.set_timeout(self.probe_timeout);
+        let client = js.client();
         let spec = self
             .spec
             .unwrap_or_else(|| TopologySpec::from_config(&self.config));
@@ -221,7 +212,7 @@ impl HealthBuilder {
                 progress_interval: self.progress_interval,
                 durable: self.config.durable_name().as_str().to_owned(),
                 config: self.config,
-                client: self.client,
+                client,
                 js,
                 spec,
                 pool: self.pool,
@@ -256,7 +247,7 @@ impl HealthBuilder {
 ///
 /// let config = Config::from_env()?;
 /// let client = async_nats::connect(config.nats_urls().expose_urls().join(",")).await?;
-/// let health = Health::builder(config, client).build();
+/// let health = Health::builder(&config, async_nats::jetstream::new(client)).build();
 /// let report = health.health_check().await;
 /// println!("{}", serde_json::to_string_pretty(&report)?);
 /// # Ok(()) }
@@ -440,14 +431,15 @@ fn to_u64(n: usize) -> u64 {
 }
 
 impl Health {
-    /// Starts a builder for `config`'s bridge on `client` (the application's connection, e.g.
-    /// `jetstream_bridge_topology::connect(&config).await?.into_client()`).
-    pub fn builder(config: Config, client: Client) -> HealthBuilder {
+    /// Starts a builder for `config`'s bridge on `jetstream`, the application's JetStream
+    /// context (e.g. `jetstream_bridge_topology::connect(&config).await?.jetstream()`; for a
+    /// JetStream domain or API prefix, a context made with it). Its requests are bounded by
+    /// the probe timeout; the connection checks use its client.
+    pub fn builder(config: &Config, jetstream: Context) -> HealthBuilder {
         let config_ack_wait = config.ack_wait();
         HealthBuilder {
-            config,
-            client,
-            jetstream: None,
+            config: config.clone(),
+            jetstream,
             spec: None,
             pool: None,
             relay: None,

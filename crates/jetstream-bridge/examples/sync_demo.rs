@@ -193,7 +193,7 @@ async fn exchange(
     let relay = Relay::builder(orders_config, orders_nats.jetstream(), orders_pool.clone())
         .build()?
         .spawn();
-    let consumer = Consumer::builder(billing_config.clone(), billing_nats.jetstream())
+    let consumer = Consumer::builder(billing_config, billing_nats.jetstream())
         .with_inbox(billing_pool.clone())
         .handler(Billing)
         .concurrency(4)

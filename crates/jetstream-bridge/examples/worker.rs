@@ -101,13 +101,13 @@ pub async fn run() -> Result<(), BoxError> {
         .build()?
         .spawn();
     let metrics = Metrics::new();
-    let consumer = Consumer::builder(config.clone(), nats.jetstream())
+    let consumer = Consumer::builder(&config, nats.jetstream())
         .with_inbox(pool.clone())
         .handler(ApplyEvents)
         .middleware(metrics.middleware())
         .build()?
         .spawn();
-    let health = Health::builder(config.clone(), nats.client().clone())
+    let health = Health::builder(&config, nats.jetstream())
         .pool(pool.clone())
         .relay_stats(relay.stats())
         .consumer_stats(consumer.stats())

@@ -45,7 +45,7 @@ async fn runs_until_the_signal_then_drains_in_order() {
         .build()
         .unwrap()
         .spawn();
-    let health = Health::builder(config.clone(), t.client().clone())
+    let health = Health::builder(&config, t.jetstream().clone())
         .relay_stats(relay.stats())
         .build();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

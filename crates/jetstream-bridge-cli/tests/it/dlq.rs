@@ -150,7 +150,7 @@ async fn replayed_events_are_applied_exactly_once() {
     let id = |i: usize| events[i].event_id.as_str().to_owned();
     let handler = PoisonHandler::default();
     handler.poison.lock().unwrap().extend([id(0), id(1), id(2)]);
-    let handle = Consumer::builder(config.clone(), env.t.jetstream().clone())
+    let handle = Consumer::builder(&config, env.t.jetstream().clone())
         .with_inbox(env.db.pool().clone())
         .handler(handler.clone())
         .fetch_wait(std::time::Duration::from_millis(500))

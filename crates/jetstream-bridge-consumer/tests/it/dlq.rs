@@ -238,7 +238,7 @@ async fn server_max_deliver_wins_over_a_differing_config() {
     let config = env.config_builder().max_deliver(10).build().unwrap();
     env.publish_gem(&envelope(1)).await;
     let handler = TestHandler::new(Behaviour::FailAlways);
-    let handle = jetstream_bridge_consumer::Consumer::builder(config, env.js())
+    let handle = jetstream_bridge_consumer::Consumer::builder(&config, env.js())
         .with_inbox(env.db.pool().clone())
         .handler(handler.clone())
         .fetch_wait(Duration::from_millis(500))

@@ -41,7 +41,7 @@ async fn consumer_survives_a_nats_restart() {
     ensure_topology(&js, &spec, &EnsureOptions::new())
         .await
         .unwrap();
-    let handle = Consumer::builder(config.clone(), js.clone())
+    let handle = Consumer::builder(&config, js.clone())
         .with_inbox(db.pool().clone())
         .handler(TestHandler::new(Behaviour::Succeed))
         .fetch_wait(Duration::from_millis(300))

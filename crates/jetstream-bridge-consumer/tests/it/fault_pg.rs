@@ -212,7 +212,7 @@ async fn outage_is_waited_out(mode: Mode) {
     let env = PgEnv::new(consumer_mode).await;
     let handler = Effects::default();
     let builder = test_timings(
-        jetstream_bridge_consumer::Consumer::builder(env.config.clone(), env.t.jetstream().clone())
+        jetstream_bridge_consumer::Consumer::builder(&env.config, env.t.jetstream().clone())
             .with_inbox(env.pool.clone()),
     );
     let builder = builder
@@ -377,11 +377,8 @@ async fn shutdown_during_an_outage_releases_the_held_messages() {
     let env = PgEnv::new(ConsumerMode::Pull).await;
     let consumer = || {
         test_timings(
-            jetstream_bridge_consumer::Consumer::builder(
-                env.config.clone(),
-                env.t.jetstream().clone(),
-            )
-            .with_inbox(env.pool.clone()),
+            jetstream_bridge_consumer::Consumer::builder(&env.config, env.t.jetstream().clone())
+                .with_inbox(env.pool.clone()),
         )
         .concurrency(2)
         .outage_backoff(Duration::from_millis(50), Duration::from_millis(500))

@@ -190,7 +190,7 @@ async fn consume_as(user: &str, mode: ConsumerMode) -> Vec<String> {
     assert!(runtime_config.disable_js_api(), "restricted mode");
     let runtime = connect(&runtime_config).await.unwrap();
     let handler = Orders::default();
-    let handle = Consumer::builder(runtime_config, runtime.jetstream())
+    let handle = Consumer::builder(&runtime_config, runtime.jetstream())
         .with_inbox(db.pool().clone())
         .handler(handler.clone())
         .fetch_wait(Duration::from_millis(500))
@@ -320,7 +320,7 @@ async fn push_runtime_needs_the_delivery_subject_beyond_the_guides_list() {
     let db = TestDb::new().await;
     let runtime_config = config(&server, "seed", ConsumerMode::Push);
     let runtime = connect(&runtime_config).await.unwrap();
-    let handle = Consumer::builder(runtime_config, runtime.jetstream())
+    let handle = Consumer::builder(&runtime_config, runtime.jetstream())
         .with_inbox(db.pool().clone())
         .handler(Orders::default())
         .build()

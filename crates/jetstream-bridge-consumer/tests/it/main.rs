@@ -108,15 +108,13 @@ impl Env {
     /// A builder with the inbox on the test database and test timings (short fetch wait and
     /// recovery backoff, 5 s shutdown).
     pub(crate) fn consumer(&self) -> ConsumerBuilder<WithInbox> {
-        test_timings(
-            Consumer::builder(self.config.clone(), self.js()).with_inbox(self.db.pool().clone()),
-        )
+        test_timings(Consumer::builder(&self.config, self.js()).with_inbox(self.db.pool().clone()))
     }
 
     /// A builder without the inbox, with test timings (the config must have `use_inbox`
     /// off).
     pub(crate) fn consumer_without_inbox(&self) -> ConsumerBuilder {
-        test_timings(Consumer::builder(self.config.clone(), self.js()))
+        test_timings(Consumer::builder(&self.config, self.js()))
     }
 
     /// Publishes `body` to the consumer's subject with `headers`; returns the stream sequence.

@@ -77,7 +77,7 @@ impl Handler for Noop {
 #[tokio::test(flavor = "multi_thread")]
 async fn inbox_without_pool_is_rejected() {
     let env = Env::new(|c| c).await;
-    let err = Consumer::builder(env.config.clone(), env.js())
+    let err = Consumer::builder(&env.config, env.js())
         .handler(Noop)
         .build()
         .unwrap_err();

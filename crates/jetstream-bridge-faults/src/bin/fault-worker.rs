@@ -110,7 +110,7 @@ async fn run() -> Result<(), BoxError> {
             attempts: pool.clone(),
             batch_delay: Duration::from_millis(var_or(vars::BATCH_DELAY_MS, 0)?),
         };
-        let builder = Consumer::builder(config, connection.jetstream())
+        let builder = Consumer::builder(&config, connection.jetstream())
             .with_inbox(pool.clone())
             .fetch_wait(Duration::from_millis(500))
             .recovery_backoff(Duration::from_millis(50), Duration::from_millis(500))

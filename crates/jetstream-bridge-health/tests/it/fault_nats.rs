@@ -33,7 +33,7 @@ async fn health_endpoint_follows_the_nats_server() {
     )
     .await
     .unwrap();
-    let health = Health::builder(config, client)
+    let health = Health::builder(&config, async_nats::jetstream::new(client))
         .min_probe_interval(Duration::ZERO)
         .probe_timeout(Duration::from_millis(500))
         .build();

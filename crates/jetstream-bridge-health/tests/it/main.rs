@@ -73,8 +73,7 @@ impl Env {
 
     /// A checker on the shared connection, probing on every call.
     pub(crate) fn health(&self) -> jetstream_bridge_health::HealthBuilder {
-        Health::builder(self.config.clone(), self.t.client().clone())
-            .min_probe_interval(Duration::ZERO)
+        Health::builder(&self.config, self.t.jetstream().clone()).min_probe_interval(Duration::ZERO)
     }
 
     /// Publishes an envelope of `event_type` to the consumer's subject.

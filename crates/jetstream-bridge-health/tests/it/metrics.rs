@@ -27,7 +27,7 @@ impl Handler for RejectSome {
 async fn metrics_count_the_messages_a_consumer_handled() {
     let env = Env::new(|c| c).await;
     let metrics = Metrics::new();
-    let handle = Consumer::builder(env.config.clone(), env.t.jetstream().clone())
+    let handle = Consumer::builder(&env.config, env.t.jetstream().clone())
         .handler(RejectSome)
         .middleware(metrics.middleware())
         .fetch_wait(Duration::from_millis(300))

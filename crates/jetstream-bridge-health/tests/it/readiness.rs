@@ -288,7 +288,7 @@ impl Handler for Reject {
 #[tokio::test(flavor = "multi_thread")]
 async fn restricted_mode_leaves_unreadable_gauges_out() {
     let env = Env::new(|c| c).await;
-    let handle = Consumer::builder(env.config.clone(), env.t.jetstream().clone())
+    let handle = Consumer::builder(&env.config, env.t.jetstream().clone())
         .handler(Reject)
         .fetch_wait(Duration::from_millis(300))
         .build()
@@ -308,8 +308,8 @@ async fn restricted_mode_leaves_unreadable_gauges_out() {
     assert_eq!(m["jetstream_consumer_pending"], 0.0);
 
     let restricted = Health::builder(
-        env.config_with(|c| c.disable_js_api(true)),
-        env.t.client().clone(),
+        &env.config_with(|c| c.disable_js_api(true)),
+        env.t.jetstream().clone(),
     )
     .metrics(metrics)
     .min_probe_interval(Duration::ZERO)
@@ -350,7 +350,7 @@ impl Handler for Blocking {
 #[tokio::test(flavor = "multi_thread")]
 async fn readiness_flips_at_once_on_shutdown() {
     let env = Env::new(|c| c).await;
-    let health = Health::builder(env.config.clone(), env.t.client().clone()).build();
+    let health = Health::builder(&env.config, env.t.jetstream().clone()).build();
     let addr = serve(health.clone()).await;
     let (status, body) = ready(addr).await;
     assert_eq!((status, &body["cached"]), (200, &json!(false)), "{body}");
@@ -363,7 +363,7 @@ async fn readiness_flips_at_once_on_shutdown() {
     );
 
     let release = Arc::new(Notify::new());
-    let handle = Consumer::builder(env.config.clone(), env.t.jetstream().clone())
+    let handle = Consumer::builder(&env.config, env.t.jetstream().clone())
         .handler(Blocking(release.clone()))
         .fetch_wait(Duration::from_millis(300))
         .shutdown_timeout(WAIT)
@@ -371,7 +371,7 @@ async fn readiness_flips_at_once_on_shutdown() {
         .unwrap()
         .spawn();
     let mut stats = handle.stats();
-    let health = Health::builder(env.config.clone(), env.t.client().clone())
+    let health = Health::builder(&env.config, env.t.jetstream().clone())
         .consumer_stats(handle.stats())
         .build();
     let addr = serve(health).await;

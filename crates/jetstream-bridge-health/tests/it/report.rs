@@ -155,7 +155,7 @@ async fn missing_stream_is_unhealthy() {
         .disable_js_api(false)
         .build()
         .unwrap();
-    let health = Health::builder(config, env.t.client().clone()).build();
+    let health = Health::builder(&config, env.t.jetstream().clone()).build();
     let report = health.health_check().await;
     assert!(!report.healthy);
     assert!(report.connection.connected);
@@ -171,7 +171,7 @@ async fn missing_stream_is_unhealthy() {
 #[tokio::test(flavor = "multi_thread")]
 async fn cached_reports_within_the_interval() {
     let env = Env::new(|c| c).await;
-    let health = Health::builder(env.config.clone(), env.t.client().clone())
+    let health = Health::builder(&env.config, env.t.jetstream().clone())
         .min_probe_interval(Duration::from_secs(3600))
         .build();
     let calls: Vec<_> = (0..8)
@@ -238,7 +238,7 @@ async fn restricted_mode_makes_no_js_api_request() {
             .unwrap()
     };
 
-    let health = Health::builder(build(true), client.clone()).build();
+    let health = Health::builder(&build(true), async_nats::jetstream::new(client.clone())).build();
     let report = health.health_check().await;
     assert_eq!(
         js_api_requests(&client, &mut sub).await,
@@ -259,7 +259,7 @@ async fn restricted_mode_makes_no_js_api_request() {
     assert_eq!(json["dlq"]["skipped"], true);
     assert!(report.performance.nats_rtt_ms.is_some());
 
-    let health = Health::builder(build(false), client.clone()).build();
+    let health = Health::builder(&build(false), async_nats::jetstream::new(client.clone())).build();
     let report = health.health_check().await;
     let requests = js_api_requests(&client, &mut sub).await;
     assert!(
