@@ -21,6 +21,7 @@ use crate::handler::{BatchHandler, Batched, Handler, InboxBatchHandler, InboxHan
 use crate::middleware::Middleware;
 use crate::outage::Outage;
 use crate::process::Processor;
+use crate::redelivery::Attempts;
 use crate::retry::Doubling;
 use crate::runtime::{Consumer, Runtime};
 use crate::stats::Stats;
@@ -390,6 +391,11 @@ impl Settings {
             ),
             shutdown: CancellationToken::new(),
             released: AtomicU64::new(0),
+            attempts: Attempts::new(
+                self.progress_interval.unwrap_or(self.config.ack_wait()) / 2,
+                self.js.client(),
+                self.config.durable_name().as_str().to_owned(),
+            ),
         };
         let runtime = Runtime {
             processor: Arc::new(processor),

@@ -62,6 +62,11 @@ impl<A: Apply> Dispatcher<A> {
     /// [`progress_ack_waiting`](Self::progress_ack_waiting) and starts it with
     /// [`start_next`](Self::start_next)).
     pub(crate) fn offer(&mut self, work: Work) {
+        for message in work.messages() {
+            self.processor
+                .attempts
+                .received(message, &self.processor.stats);
+        }
         if self.waiting.is_empty() && !self.processor.outage.is_down() {
             if let Ok(permit) = self.semaphore.clone().try_acquire_owned() {
                 self.spawn(permit, work);

@@ -14,6 +14,7 @@ mod middleware;
 mod outage;
 mod process;
 mod progress;
+mod redelivery;
 mod retry;
 mod runtime;
 mod stats;

@@ -18,6 +18,7 @@ use crate::event::{metadata, Event, Metadata};
 use crate::handler::{HandlerAction, HandlerError};
 use crate::middleware::Middleware;
 use crate::outage::{Outage, Waited};
+use crate::redelivery::Attempts;
 use crate::retry::backoff_for;
 use crate::stats::Stats;
 
@@ -41,6 +42,8 @@ pub(crate) struct Processor<A> {
     pub(crate) shutdown: CancellationToken,
     /// Messages given back (NAKed without delay) because shutdown began before they could run.
     pub(crate) released: AtomicU64,
+    /// The running attempts, to notice a durable that redelivers while a handler runs.
+    pub(crate) attempts: Attempts,
 }
 
 impl<A: Apply> Processor<A> {
@@ -63,6 +66,7 @@ impl<A: Apply> Processor<A> {
     }
 
     async fn process_in_span(&self, message: &Message, meta: Metadata, span: tracing::Span) {
+        let _running = self.attempts.start(meta.stream_sequence);
         let envelope = match Envelope::from_message(
             meta.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())),
             &message.payload,
@@ -283,8 +287,10 @@ impl<A: BatchApply> Processor<A> {
     pub(crate) async fn process_batch(&self, messages: &[Message]) {
         let mut refs: Vec<&Message> = Vec::with_capacity(messages.len());
         let mut events: Vec<Event> = Vec::with_capacity(messages.len());
+        let mut running = Vec::with_capacity(messages.len());
         for message in messages {
             let meta = metadata(message);
+            running.push(self.attempts.start(meta.stream_sequence));
             match Envelope::from_message(
                 meta.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())),
                 &message.payload,

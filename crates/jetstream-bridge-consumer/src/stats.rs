@@ -50,6 +50,15 @@ pub struct ConsumerStats {
     pub db_outages: u64,
     /// Time spent in database outages so far (updated while one lasts, at every probe).
     pub db_outage_time: Duration,
+    /// Redeliveries that arrived while an attempt of the same message was still running,
+    /// sooner than a usable durable could redeliver it (half the in-progress ack interval
+    /// after the attempt began, on the same connection). Not zero means the durable's
+    /// `ack_wait` is shorter than the in-progress ack interval or it has a server-side
+    /// `backoff` (as durables created by the Ruby gem have): NAK delays are then ignored. The
+    /// first one is logged with the fix; health's readiness fails on it. This is how the
+    /// runtime notices such a durable in restricted mode, where it cannot read its
+    /// configuration.
+    pub early_redeliveries: u64,
 }
 
 /// What a graceful shutdown did ([`Consumer::run_until`](crate::Consumer::run_until),

@@ -710,6 +710,22 @@ impl Health {
         }
     }
 
+    /// What the watched consumer saw of the durable: redeliveries while a handler still ran
+    /// (how a durable the runtime cannot work with shows in restricted mode).
+    fn redelivery_problem(&self) -> Option<String> {
+        let stats = lock(self.inner.consumer.as_ref()?).latest();
+        (stats.early_redeliveries > 0).then(|| {
+            format!(
+                "redelivers messages while their handler still runs ({} early redeliveries \
+                 seen by the runtime): its ack_wait is shorter than the in-progress ack \
+                 interval or it has a server-side backoff (a durable created by the Ruby gem?); \
+                 have an admin run `jetstream-bridge ensure-topology --update-drift`, then \
+                 restart the consumers",
+                stats.early_redeliveries
+            )
+        })
+    }
+
     /// Why the consumer runtime cannot work with the durable `config` the server holds.
     fn durable_problems(&self, config: &consumer::Config) -> Vec<String> {
         let mut problems = Vec::new();
@@ -930,9 +946,12 @@ impl Health {
             let outbox = self.outbox(database.as_ref()).await;
             (database, outbox)
         };
-        let (nats_rtt_ms, stream, consumer, dlq, (database, outbox)) =
+        let (nats_rtt_ms, stream, mut consumer, dlq, (database, outbox)) =
             futures_util::join!(rtt, stream, consumer, self.dlq(ask_js), database_and_outbox);
         let runtime = self.observe_runtimes();
+        if consumer.problems.is_empty() {
+            consumer.problems.extend(self.redelivery_problem());
+        }
 
         let healthy = connected
             && (restricted || stream.exists == Some(true))

@@ -160,6 +160,7 @@ where
 /// | `jetstream_health_up` | gauge | | the probe (1 healthy, 0 not) |
 /// | `jetstream_consumer_db_outage` | gauge | | the consumer's stats (1 while it waits for an unavailable database) |
 /// | `jetstream_consumer_db_outage_seconds` | gauge | | the consumer's stats (time spent waiting for the database, cumulative) |
+/// | `jetstream_consumer_early_redeliveries` | gauge | | the consumer's stats (redeliveries while the handler still ran: a durable it cannot work with, cumulative) |
 ///
 /// A probe gauge the last probe could not read (restricted mode makes no `$JS.API` request;
 /// a request failed; no database pool) has no sample (its `# TYPE` line stays), rather than a
@@ -189,6 +190,7 @@ struct MetricsInner {
     up: Gauge,
     consumer_db_outage: Gauge,
     consumer_db_outage_seconds: Gauge<f64, AtomicU64>,
+    consumer_early_redeliveries: Gauge,
     event_types: Mutex<HashSet<String>>,
     max_event_types: usize,
     relay_seen: Mutex<RelayStats>,
@@ -300,6 +302,13 @@ impl Metrics {
             "Time the consumer spent waiting for an unavailable database (cumulative)",
             consumer_db_outage_seconds.clone(),
         );
+        let consumer_early_redeliveries = Gauge::default();
+        registry.register(
+            "jetstream_consumer_early_redeliveries",
+            "Redeliveries the consumer received while the handler still ran (cumulative; not \
+             zero: the durable's ack_wait or server-side backoff is wrong)",
+            consumer_early_redeliveries.clone(),
+        );
         Self {
             inner: Arc::new(MetricsInner {
                 registry,
@@ -317,6 +326,7 @@ impl Metrics {
                 up,
                 consumer_db_outage,
                 consumer_db_outage_seconds,
+                consumer_early_redeliveries,
                 event_types: Mutex::new(HashSet::new()),
                 max_event_types: max.max(1),
                 relay_seen: Mutex::new(RelayStats::default()),
@@ -397,6 +407,9 @@ impl Metrics {
         self.inner
             .consumer_db_outage_seconds
             .set(stats.db_outage_time.as_secs_f64());
+        self.inner
+            .consumer_early_redeliveries
+            .set(i64::try_from(stats.early_redeliveries).unwrap_or(i64::MAX));
     }
 
     pub(crate) fn set_probe(&self, probe: &ProbeGauges) {
@@ -522,14 +535,19 @@ mod tests {
     }
 
     #[test]
-    fn consumer_outage_gauges_follow_the_stats() {
+    fn consumer_gauges_follow_the_stats() {
         let m = Metrics::new();
         let mut stats = ConsumerStats::default();
         stats.db_outage = true;
         stats.db_outage_time = Duration::from_millis(2500);
+        stats.early_redeliveries = 3;
         m.observe_consumer(&stats);
         let text = m.encode().unwrap();
         assert_eq!(sample(&text, "jetstream_consumer_db_outage"), Some("1"));
+        assert_eq!(
+            sample(&text, "jetstream_consumer_early_redeliveries"),
+            Some("3")
+        );
         assert_eq!(
             sample(&text, "jetstream_consumer_db_outage_seconds"),
             Some("2.5")

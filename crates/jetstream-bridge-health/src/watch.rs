@@ -57,6 +57,11 @@ impl<S: RuntimeStats> Watched<S> {
         }
     }
 
+    /// The latest stats, without observing a change.
+    pub(crate) fn latest(&self) -> S {
+        *self.rx.borrow()
+    }
+
     /// The latest stats and the liveness they imply.
     pub(crate) fn observe(&mut self) -> (S, RuntimeLiveness) {
         let running = match self.rx.has_changed() {

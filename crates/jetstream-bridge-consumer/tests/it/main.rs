@@ -8,6 +8,7 @@ mod delivery;
 mod dlq;
 mod fault_nats;
 mod fault_pg;
+mod gem_durable;
 mod least_privilege;
 mod middleware;
 mod recovery;

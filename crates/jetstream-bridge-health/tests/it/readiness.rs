@@ -274,6 +274,86 @@ async fn unusable_durable_configuration_fails_readiness() {
     env.teardown().await;
 }
 
+/// Takes 300 ms per event.
+struct Slow;
+
+impl Handler for Slow {
+    async fn handle(&self, _event: &Event) -> Result<(), HandlerError> {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        Ok(())
+    }
+}
+
+/// In restricted mode the checker cannot read the durable; a runtime bound to one the Ruby gem
+/// made (server-side backoff in nanoseconds: redelivered at once) sees redeliveries while its
+/// handler runs, and readiness fails on its counter with the fix; `/metrics` shows it.
+#[tokio::test(flavor = "multi_thread")]
+async fn restricted_runtime_on_a_gem_made_durable_fails_readiness() {
+    let env = Env::new(|c| c.max_deliver(5)).await;
+    let stream = env
+        .t
+        .jetstream()
+        .get_stream(env.config.stream_name().as_str())
+        .await
+        .unwrap();
+    let durable = env.config.durable_name().as_str();
+    stream.delete_consumer(durable).await.unwrap();
+    // As gem 7.x sends it: backoff in seconds, read by the server as nanoseconds.
+    stream
+        .create_consumer(pull::Config {
+            durable_name: Some(durable.to_owned()),
+            filter_subject: env.config.subjects().destination().as_str().to_owned(),
+            max_deliver: 5,
+            backoff: [1, 5, 15, 30].map(Duration::from_nanos).to_vec(),
+            ..pull::Config::default()
+        })
+        .await
+        .unwrap();
+    let restricted = env.config_with(|c| c.max_deliver(5).disable_js_api(true));
+    let handle = Consumer::builder(&restricted, env.t.jetstream().clone())
+        .handler(Slow)
+        .concurrency(3)
+        .fetch_wait(Duration::from_millis(300))
+        .build()
+        .unwrap()
+        .spawn();
+    let metrics = Metrics::new();
+    let health = Health::builder(&restricted, env.t.jetstream().clone())
+        .consumer_stats(handle.stats())
+        .metrics(metrics)
+        .min_probe_interval(Duration::ZERO)
+        .build();
+    let addr = serve(health).await;
+    assert_eq!(ready(addr).await.0, 200, "nothing received yet");
+    for n in 0..3 {
+        env.publish("order.placed", n).await;
+    }
+    tokio::time::timeout(WAIT, handle.wait_for(|s| s.early_redeliveries > 0))
+        .await
+        .expect("early redeliveries seen")
+        .unwrap();
+    let (status, body) = ready(addr).await;
+    assert_eq!(status, 503, "{body}");
+    let why = reasons(&body);
+    assert_eq!(why.len(), 1, "{why:?}");
+    assert!(
+        why[0].starts_with(&format!(
+            "durable {durable}: redelivers messages while their handler still runs"
+        )) && why[0].contains("ensure-topology --update-drift"),
+        "{why:?}"
+    );
+    let report = get(addr, "/health/jetstream").await.json();
+    assert_eq!(report["consumer"]["skipped"], true);
+    assert_eq!(
+        report["consumer"]["problems"].as_array().map(Vec::len),
+        Some(1)
+    );
+    let m = parse_metrics(&get(addr, "/metrics").await.body);
+    assert!(m["jetstream_consumer_early_redeliveries"] >= 1.0, "{m:?}");
+    handle.shutdown().await.unwrap();
+    env.teardown().await;
+}
+
 /// Fails every event permanently (straight to the DLQ).
 struct Reject;
 

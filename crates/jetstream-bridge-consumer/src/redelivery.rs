@@ -1,0 +1,125 @@
+//! [`Attempts`]: the messages whose attempt is running, to notice a durable that redelivers a
+//! message while its handler still runs — one with an `ack_wait` shorter than the in-progress
+//! ack interval or a server-side `backoff`, as the Ruby gem creates them. Where the JS API is
+//! allowed the durable's configuration says so before anything runs (health, `check`); in
+//! restricted mode only the deliveries can tell.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::Message;
+use async_nats::Client;
+use tracing::error;
+
+use crate::stats::Stats;
+
+/// The running attempts, by stream sequence.
+pub(crate) struct Attempts {
+    /// A redelivery sooner than this after the attempt began cannot come from a usable
+    /// durable: half the in-progress ack interval (or half the configured `ack_wait` when the
+    /// runtime sends no in-progress acks).
+    threshold: Duration,
+    /// Its `connects` counter tells a reconnect (in-progress acks may have been lost: a
+    /// redelivery then proves nothing) from a durable that redelivers early.
+    client: Client,
+    durable: String,
+    running: Mutex<HashMap<u64, Running>>,
+    said: AtomicBool,
+}
+
+#[derive(Clone, Copy)]
+struct Running {
+    since: Instant,
+    connects: u64,
+}
+
+/// Removes its attempt from the running ones when dropped.
+pub(crate) struct Started<'a> {
+    attempts: &'a Attempts,
+    seq: u64,
+}
+
+impl Drop for Started<'_> {
+    fn drop(&mut self) {
+        if self.seq != 0 {
+            self.attempts.lock().remove(&self.seq);
+        }
+    }
+}
+
+impl Attempts {
+    pub(crate) fn new(threshold: Duration, client: Client, durable: String) -> Self {
+        Self {
+            threshold,
+            client,
+            durable,
+            running: Mutex::new(HashMap::new()),
+            said: AtomicBool::new(false),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<u64, Running>> {
+        self.running.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn connects(&self) -> u64 {
+        self.client.statistics().connects.load(Ordering::Relaxed)
+    }
+
+    /// Marks the attempt of the message at stream sequence `seq` as running until the guard
+    /// is dropped (sequence 0, a message without position, is not tracked).
+    pub(crate) fn start(&self, seq: u64) -> Started<'_> {
+        if seq != 0 {
+            let running = Running {
+                since: Instant::now(),
+                connects: self.connects(),
+            };
+            self.lock().insert(seq, running);
+        }
+        Started {
+            attempts: self,
+            seq,
+        }
+    }
+
+    /// Looks at a received message: a redelivery of a message whose attempt began less than
+    /// the threshold ago, on the same connection, counts in `early_redeliveries`; the first
+    /// one is logged with the fix.
+    pub(crate) fn received(&self, message: &Message, stats: &Stats) {
+        let Ok(info) = message.info() else { return };
+        if info.delivered <= 1 {
+            return;
+        }
+        let Some(running) = self.lock().get(&info.stream_sequence).copied() else {
+            return;
+        };
+        let after = running.since.elapsed();
+        if after >= self.threshold || running.connects != self.connects() {
+            return;
+        }
+        stats.update(|s| s.early_redeliveries += 1);
+        if !self.said.swap(true, Ordering::Relaxed) {
+            error!(
+                durable = %self.durable,
+                stream_seq = info.stream_sequence,
+                deliveries = info.delivered,
+                after = ?after,
+                "{}",
+                problem(&self.durable)
+            );
+        }
+    }
+}
+
+/// What an early redelivery means and how to fix it (the log line; health says the same).
+fn problem(durable: &str) -> String {
+    format!(
+        "the durable {durable} redelivers messages while their handler still runs: its \
+         ack_wait is shorter than the in-progress ack interval or it has a server-side backoff \
+         (as durables created by the Ruby gem have), so NAK delays are ignored and failing \
+         events run out of deliveries at once; have an admin run `jetstream-bridge \
+         ensure-topology --update-drift`, then restart the consumers"
+    )
+}
