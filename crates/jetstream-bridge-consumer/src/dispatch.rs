@@ -1,17 +1,21 @@
-//! [`Dispatcher`]: runs received work on tracked tasks, at most `concurrency` at once; work
-//! that cannot start yet waits in order and is kept in progress (in-progress acks) meanwhile.
+//! [`Dispatcher`]: runs received work, at most `concurrency` at once, on the consumer's own
+//! task ([`Running`]); work that cannot start yet waits in order and is kept in progress
+//! (in-progress acks) meanwhile.
 
 use std::collections::VecDeque;
-use std::future::Future;
+use std::future::{poll_fn, Future};
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::Poll;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind};
+use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, Stream, StreamExt};
-use tokio::sync::{AcquireError, OwnedSemaphorePermit, Semaphore};
-use tokio_util::task::TaskTracker;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 use tracing::{error, warn};
 
 use crate::attempt::Apply;
@@ -36,72 +40,205 @@ impl Work {
     }
 }
 
-/// Runs work on tasks, at most `concurrency` at once.
-pub(crate) struct Dispatcher<A> {
-    pub(crate) processor: Arc<Processor<A>>,
-    semaphore: Arc<Semaphore>,
-    pub(crate) tracker: TaskTracker,
-    pub(crate) hard_stop: tokio_util::sync::CancellationToken,
+/// One piece of running work.
+type Job = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// The received work, running and waiting, polled on the consumer's own task beside the fetch
+/// loop ([`Running::drive`]): no task spawn, wake-up of another worker thread or hop between
+/// threads per message, as in a hand-written pull loop. When a job ends the driver starts the
+/// next waiting work in the same poll. Only that task touches it, so its lock is never
+/// contended.
+pub(crate) struct Running<A> {
+    shared: Arc<Mutex<RunningSet>>,
+    processor: Arc<Processor<A>>,
+    hard_stop: CancellationToken,
+    /// Told when the driver started the last waiting work (the fetch loop waits for that
+    /// before its next pull request).
+    started: Arc<Notify>,
+}
+
+impl<A> Clone for Running<A> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+            processor: self.processor.clone(),
+            hard_stop: self.hard_stop.clone(),
+            started: self.started.clone(),
+        }
+    }
+}
+
+struct RunningSet {
+    jobs: FuturesUnordered<Job>,
     /// Received work that has not started, in delivery order.
     waiting: VecDeque<Work>,
+    concurrency: usize,
+}
+
+impl<A: Apply> Running<A> {
+    fn lock(&self) -> MutexGuard<'_, RunningSet> {
+        self.shared.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Starts waiting work while a slot is free and the database is not down.
+    fn fill(&self, set: &mut RunningSet) -> bool {
+        let mut started = false;
+        while set.jobs.len() < set.concurrency && !self.processor.outage.is_down() {
+            let Some(work) = set.waiting.pop_front() else {
+                break;
+            };
+            set.jobs.push(self.job(work));
+            started = true;
+        }
+        started
+    }
+
+    /// Polls the running work whenever the consumer's task is woken, starting waiting work
+    /// as slots free up. Never completes; await it beside the fetch loop.
+    pub(crate) async fn drive(&self) {
+        poll_fn(|cx| {
+            let mut set = self.lock();
+            while let Poll::Ready(Some(())) = set.jobs.poll_next_unpin(cx) {
+                // The fetch loop only waits for the last waiting work to start.
+                if self.fill(&mut set) && set.waiting.is_empty() {
+                    self.started.notify_one();
+                }
+            }
+            Poll::<()>::Pending
+        })
+        .await;
+    }
+
+    /// Completes when no work is running (polling it meanwhile; nothing waiting starts).
+    pub(crate) async fn finish(&self) {
+        poll_fn(|cx| {
+            let mut set = self.lock();
+            loop {
+                match set.jobs.poll_next_unpin(cx) {
+                    Poll::Ready(Some(())) => {}
+                    Poll::Ready(None) => return Poll::Ready(()),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+        })
+        .await;
+    }
+
+    /// `work` as a job: a panic NAKs its messages, the shutdown hard stop drops it unacked
+    /// (its transaction rolls back).
+    fn job(&self, work: Work) -> Job {
+        let n = work.messages().len() as u64;
+        // Single messages are counted as fetched here, with `in_flight` (one watch notification
+        // per message); batches as they are collected.
+        let fetched = if matches!(work, Work::One(_)) { n } else { 0 };
+        self.processor.stats.update(|s| {
+            s.fetched += fetched;
+            s.in_flight += n;
+        });
+        let processor = self.processor.clone();
+        let hard_stop = self.hard_stop.clone();
+        Box::pin(async move {
+            let run = async {
+                match &work {
+                    Work::One(message) => processor.process(message).await,
+                    // Boxed: the batch future (which nests a per-message future in its
+                    // fallback) is several times larger, and unboxed it would size every
+                    // single-message job too; one allocation per pull is noise.
+                    Work::Batch(messages) => Box::pin(A::process_many(&processor, messages)).await,
+                }
+            };
+            tokio::select! {
+                biased;
+                out = AssertUnwindSafe(run).catch_unwind() => {
+                    if out.is_err() {
+                        error!(messages = n, "message processing panicked; NAKing");
+                        processor.stats.update(|s| s.panics += 1);
+                        let delay = processor.backoff.first().copied().unwrap_or(Duration::from_secs(1));
+                        for message in work.messages() {
+                            processor.nak(message, delay).await;
+                        }
+                    }
+                }
+                () = hard_stop.cancelled() => {
+                    warn!(messages = n, "shutdown timeout: work abandoned without ack");
+                }
+            }
+            processor.stats.update(|s| s.in_flight -= n);
+        })
+    }
+}
+
+/// Runs work, at most `concurrency` at once.
+pub(crate) struct Dispatcher<A> {
+    pub(crate) processor: Arc<Processor<A>>,
+    pub(crate) running: Running<A>,
+    pub(crate) hard_stop: CancellationToken,
 }
 
 impl<A: Apply> Dispatcher<A> {
     pub(crate) fn new(processor: Arc<Processor<A>>, concurrency: usize) -> Self {
+        let hard_stop = CancellationToken::new();
+        let running = Running {
+            shared: Arc::new(Mutex::new(RunningSet {
+                jobs: FuturesUnordered::new(),
+                waiting: VecDeque::new(),
+                concurrency: concurrency.max(1),
+            })),
+            processor: processor.clone(),
+            hard_stop: hard_stop.clone(),
+            started: Arc::new(Notify::new()),
+        };
         Self {
             processor,
-            semaphore: Arc::new(Semaphore::new(concurrency)),
-            tracker: TaskTracker::new(),
-            hard_stop: tokio_util::sync::CancellationToken::new(),
-            waiting: VecDeque::new(),
+            running,
+            hard_stop,
         }
     }
 
     /// Starts `work` at once when a slot is free, nothing waits before it and the database is
     /// not down; else queues it (the caller keeps it in progress with
-    /// [`progress_ack_waiting`](Self::progress_ack_waiting) and starts it with
-    /// [`start_next`](Self::start_next)).
+    /// [`progress_ack_waiting`](Self::progress_ack_waiting); the driver starts it when a slot
+    /// frees up, the caller with [`start_waiting`](Self::start_waiting) once the database is
+    /// back).
     pub(crate) fn offer(&mut self, work: Work) {
         for message in work.messages() {
             self.processor
                 .attempts
                 .received(message, &self.processor.stats);
         }
-        if self.waiting.is_empty() && !self.processor.outage.is_down() {
-            if let Ok(permit) = self.semaphore.clone().try_acquire_owned() {
-                self.spawn(permit, work);
-                return;
-            }
-        }
-        self.waiting.push_back(work);
+        let mut set = self.running.lock();
+        set.waiting.push_back(work);
+        self.running.fill(&mut set);
     }
 
     /// Whether received work waits for a slot (or for the database).
     pub(crate) fn has_waiting(&self) -> bool {
-        !self.waiting.is_empty()
+        !self.running.lock().waiting.is_empty()
     }
 
-    /// A free slot, when one is. Lazy: nothing happens (not even the `Arc` clone) unless it
-    /// is polled, so a `select!` branch disabled by its precondition costs nothing.
-    pub(crate) fn slot(
-        &self,
-    ) -> impl Future<Output = Result<OwnedSemaphorePermit, AcquireError>> + '_ {
-        let semaphore = &self.semaphore;
-        async move { semaphore.clone().acquire_owned().await }
+    /// Completes when the driver started the last waiting work (check
+    /// [`has_waiting`](Self::has_waiting) again).
+    pub(crate) fn started(&self) -> impl Future<Output = ()> + '_ {
+        self.running.started.notified()
     }
 
-    /// Starts the oldest waiting work with `permit`.
-    pub(crate) fn start_next(&mut self, permit: OwnedSemaphorePermit) {
-        match self.waiting.pop_front() {
-            Some(work) => self.spawn(permit, work),
-            None => drop(permit),
-        }
+    /// Starts waiting work while slots are free (after a database outage).
+    pub(crate) fn start_waiting(&mut self) {
+        let mut set = self.running.lock();
+        self.running.fill(&mut set);
     }
 
     /// One in-progress ack per waiting message.
     pub(crate) async fn progress_ack_waiting(&self) {
-        let waiting: Vec<&jetstream::Message> =
-            self.waiting.iter().flat_map(Work::messages).collect();
+        let waiting: Vec<jetstream::Message> = self
+            .running
+            .lock()
+            .waiting
+            .iter()
+            .flat_map(Work::messages)
+            .cloned()
+            .collect();
+        let waiting: Vec<&jetstream::Message> = waiting.iter().collect();
         self.processor.progress_ack(&waiting).await;
     }
 
@@ -116,7 +253,8 @@ impl<A: Apply> Dispatcher<A> {
         // Single messages count as fetched when they start or are released here; a batch's
         // messages counted as they were collected.
         let mut fetched = 0u64;
-        for work in std::mem::take(&mut self.waiting) {
+        let waiting = std::mem::take(&mut self.running.lock().waiting);
+        for work in waiting {
             if matches!(work, Work::One(_)) {
                 fetched += 1;
             }
@@ -138,50 +276,6 @@ impl<A: Apply> Dispatcher<A> {
             .released
             .fetch_add(released, Ordering::Relaxed);
         self.processor.stats.update(|s| s.fetched += fetched);
-    }
-
-    /// Runs `work` on a tracked task: a panic NAKs its messages, the shutdown hard stop drops
-    /// it unacked (its transaction rolls back).
-    fn spawn(&mut self, permit: OwnedSemaphorePermit, work: Work) {
-        let n = work.messages().len() as u64;
-        // Single messages are counted as fetched here, with `in_flight` (one watch notification
-        // per message); batches as they are collected.
-        let fetched = if matches!(work, Work::One(_)) { n } else { 0 };
-        self.processor.stats.update(|s| {
-            s.fetched += fetched;
-            s.in_flight += n;
-        });
-        let processor = self.processor.clone();
-        let hard_stop = self.hard_stop.clone();
-        self.tracker.spawn(async move {
-            let _permit = permit;
-            let run = async {
-                match &work {
-                    Work::One(message) => processor.process(message).await,
-                    // Boxed: the batch future (which nests a per-message future in its
-                    // fallback) is several times larger, and unboxed it would size every
-                    // single-message task too; one allocation per pull is noise.
-                    Work::Batch(messages) => Box::pin(A::process_many(&processor, messages)).await,
-                }
-            };
-            tokio::select! {
-                biased;
-                out = AssertUnwindSafe(run).catch_unwind() => {
-                    if out.is_err() {
-                        error!(messages = n, "message processing panicked; NAKing");
-                        processor.stats.update(|s| s.panics += 1);
-                        let delay = processor.backoff.first().copied().unwrap_or(Duration::from_secs(1));
-                        for message in work.messages() {
-                            processor.nak(message, delay).await;
-                        }
-                    }
-                }
-                () = hard_stop.cancelled() => {
-                    warn!(messages = n, "shutdown timeout: work abandoned without ack");
-                }
-            }
-            processor.stats.update(|s| s.in_flight -= n);
-        });
     }
 }
 

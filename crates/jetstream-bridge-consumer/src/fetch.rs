@@ -113,12 +113,8 @@ impl Fetcher {
                         d.release_buffered(collected, received_messages(&mut batch)).await;
                         break 'fetch;
                     }
-                    permit = d.slot(), if d.has_waiting() && !down => {
-                        if let Ok(permit) = permit {
-                            d.start_next(permit);
-                        }
-                    }
-                    () = outage.until_up(), if d.has_waiting() && down => {}
+                    () = d.started(), if d.has_waiting() && !down => {}
+                    () = outage.until_up(), if d.has_waiting() && down => d.start_waiting(),
                     next = batch.next(), if !ended => match next {
                         None => ended = true,
                         Some(Err(e)) => {
@@ -220,13 +216,10 @@ impl Fetcher {
                         d.release_buffered([], self.deliveries(&mut subscriber)).await;
                         break 'subscribe;
                     }
-                    permit = d.slot(), if d.has_waiting() && !down => {
-                        if let Ok(permit) = permit {
-                            d.start_next(permit);
-                        }
+                    () = outage.until_up(), if d.has_waiting() && down => {
+                        d.start_waiting();
                         continue;
                     }
-                    () = outage.until_up(), if d.has_waiting() && down => continue,
                     next = subscriber.next() => match next {
                         Some(message) => message,
                         None => {

@@ -143,7 +143,13 @@ impl<A: Apply> Runtime<A> {
             concurrency = self.concurrency,
             "consumer started"
         );
-        self.fetcher.run(&mut dispatcher, &token, started).await;
+        let running = dispatcher.running.clone();
+        // The fetch loop first: work it started in this poll is polled right after it.
+        tokio::select! {
+            biased;
+            () = self.fetcher.run(&mut dispatcher, &token, started) => {}
+            () = running.drive() => {}
+        }
         let report = self.drain(dispatcher).await;
         token.cancel();
         report
@@ -159,15 +165,14 @@ impl<A: Apply> Runtime<A> {
             released = d.processor.released.load(Ordering::Relaxed),
             "consumer stopping"
         );
-        d.tracker.close();
         let mut abandoned = 0;
-        if tokio::time::timeout(self.shutdown_timeout, d.tracker.wait())
+        if tokio::time::timeout(self.shutdown_timeout, d.running.finish())
             .await
             .is_err()
         {
             abandoned = stats.get().in_flight;
             d.hard_stop.cancel();
-            d.tracker.wait().await;
+            d.running.finish().await;
         }
         // Acks and NAKs are buffered by the client: send them before reporting, so a caller
         // that exits right after the report does not lose them (they would be redelivered).
