@@ -20,6 +20,9 @@ use crate::progress::tick;
 use crate::retry::Doubling;
 use crate::stats::{health_log, Stats};
 
+/// How long after its expiry the runtime stops waiting for a pull request to end.
+const PULL_GRACE: Duration = Duration::from_millis(500);
+
 /// The fetching side of a consumer: where messages come from and how failures are retried.
 pub(crate) struct Fetcher {
     pub(crate) config: Config,
@@ -104,6 +107,11 @@ impl Fetcher {
             let mut collected = Vec::new();
             let mut ended = false;
             let mut failed = None;
+            // The runtime's own end of this pull: the server sends nothing after the request
+            // expired, but the client may not learn of it (its 408 lost or late) and would
+            // wait seconds more before ending the pull on its own.
+            let deadline =
+                tokio::time::Instant::from_std(fetched_at) + self.fetch_wait + PULL_GRACE;
             loop {
                 let down = outage.is_down();
                 tokio::select! {
@@ -131,6 +139,7 @@ impl Fetcher {
                             }
                         }
                     },
+                    () = tokio::time::sleep_until(deadline), if !ended => ended = true,
                     () = tick(&mut progress), if d.has_waiting() || !collected.is_empty() => {
                         let collecting: Vec<&jetstream::Message> = collected.iter().collect();
                         d.processor.progress_ack(&collecting).await;

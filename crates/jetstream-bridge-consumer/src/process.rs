@@ -1,5 +1,7 @@
 //! One message (or one pull's batch) to its end: parse, attempt, then ack, NAK with delay,
-//! dead-letter or TERM. [`Processor`] holds what that needs, shared by every message task.
+//! dead-letter or TERM. Every call runs inside a dispatcher job, whose end notifies the stats
+//! watchers: the outcome counters here are recorded quietly (`Stats::record`). [`Processor`]
+//! holds what that needs, shared by every job.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -189,7 +191,7 @@ impl<A: Apply> Processor<A> {
                 };
                 warn!(error = %e, delay = ?delay, "handler failed, retrying");
                 self.nak(message, delay).await;
-                self.stats.update(|s| s.retried += 1);
+                self.stats.record(|s| s.retried += 1);
             }
         }
     }
@@ -206,7 +208,7 @@ impl<A: Apply> Processor<A> {
             .filter(|r| **r == Recorded::Duplicate)
             .count() as u64;
         let processed = recorded.len() as u64 - duplicates;
-        self.stats.update(|s| {
+        self.stats.record(|s| {
             s.processed += processed;
             s.duplicates += duplicates;
         });
@@ -235,7 +237,7 @@ impl<A: Apply> Processor<A> {
             if let Err(e) = message.ack_with(AckKind::Term).await {
                 warn!(error = %e, "TERM failed; the message will be redelivered");
             }
-            self.stats.update(|s| s.terminated += 1);
+            self.stats.record(|s| s.terminated += 1);
             return;
         }
         let letter = DeadLetter {
@@ -264,14 +266,14 @@ impl<A: Apply> Processor<A> {
                 if let Err(e) = message.ack_with(AckKind::Ack).await {
                     warn!(error = %e, "ack after DLQ publish failed; a redelivery is deduplicated by the DLQ msg-id");
                 }
-                self.stats.update(|s| s.dead_lettered += 1);
+                self.stats.record(|s| s.dead_lettered += 1);
             }
             Err(e) => {
                 let delay = backoff_for(&self.backoff, meta.deliveries);
                 error!(error = %e, delay = ?delay, dlq_subject = %self.dlq_subject,
                     "DLQ publish failed; the original is not acked");
                 self.nak(message, delay).await;
-                self.stats.update(|s| s.dlq_publish_failures += 1);
+                self.stats.record(|s| s.dlq_publish_failures += 1);
             }
         }
     }

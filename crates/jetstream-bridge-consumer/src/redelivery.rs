@@ -5,6 +5,7 @@
 //! restricted mode only the deliveries can tell.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -25,8 +26,30 @@ pub(crate) struct Attempts {
     /// redelivery then proves nothing) from a durable that redelivers early.
     client: Client,
     durable: String,
-    running: Mutex<HashMap<u64, Running>>,
+    running: Mutex<HashMap<u64, Running, BuildHasherDefault<Sequence>>>,
     said: AtomicBool,
+}
+
+/// Hashes a stream sequence as itself: the keys are distinct numbers from the server, not
+/// attacker-chosen strings, so SipHash's cost buys nothing here.
+#[derive(Default)]
+struct Sequence(u64);
+
+impl Hasher for Sequence {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        // Spread consecutive sequences over hashbrown's control bits (the top 7).
+        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -55,12 +78,12 @@ impl Attempts {
             threshold,
             client,
             durable,
-            running: Mutex::new(HashMap::new()),
+            running: Mutex::new(HashMap::default()),
             said: AtomicBool::new(false),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<u64, Running>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<u64, Running, BuildHasherDefault<Sequence>>> {
         self.running.lock().unwrap_or_else(PoisonError::into_inner)
     }
 

@@ -1,6 +1,6 @@
 //! Delivery: exactly-once effects, gem-published messages, panics, concurrency, in-progress acks.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
 use jetstream_bridge_config::{Envelope, SubjectLayout};
@@ -244,5 +244,54 @@ async fn messages_waiting_for_a_slot_are_not_redelivered() {
     assert_eq!((delivered, stats.duplicates), (5, 0), "{stats:?}");
     assert!(handler.calls().iter().all(|c| c.deliveries == 1));
     env.wait_stream_drained().await;
+    env.teardown().await;
+}
+
+/// A short fetch wait: every pull ends by the runtime's own deadline (its expiry plus a
+/// grace), never by the client's later timeout, so pulls follow each other at that pace and an
+/// event published between them is handled within a pull cycle.
+#[tokio::test(flavor = "multi_thread")]
+async fn short_pulls_end_on_time() {
+    let env = Env::new(|c| c).await;
+    let handler = TestHandler::new(Behaviour::Succeed);
+    let handle = env
+        .consumer()
+        .fetch_wait(Duration::from_millis(200))
+        .handler(handler.clone())
+        .build()
+        .unwrap()
+        .spawn();
+    let started = Instant::now();
+    wait(&handle, |s| s.iterations >= 10).await;
+    // At most 200 ms + 500 ms grace each (usually the server's 408 ends them at 200 ms).
+    assert!(
+        started.elapsed() < Duration::from_secs(7),
+        "10 pulls took {:?}",
+        started.elapsed()
+    );
+    // A trickle of events, some arriving in the middle of a pull: each is handled within a
+    // pull cycle of its publication.
+    let mut published = Vec::new();
+    for n in 0..30 {
+        let e = envelope(n);
+        env.publish_gem(&e).await;
+        published.push((e.event_id.as_str().to_owned(), Instant::now()));
+        tokio::time::sleep(Duration::from_millis(70)).await;
+    }
+    wait(&handle, |s| s.processed >= 30).await;
+    let calls = handler.calls();
+    let slowest = published
+        .iter()
+        .map(|(id, at)| {
+            let call = calls.iter().find(|c| &c.event_id == id).unwrap();
+            call.at.saturating_duration_since(*at)
+        })
+        .max()
+        .unwrap();
+    assert!(
+        slowest < Duration::from_secs(1),
+        "an event was handled {slowest:?} after its publication"
+    );
+    handle.shutdown().await.unwrap();
     env.teardown().await;
 }
