@@ -34,6 +34,7 @@ mod bench_publish;
 mod bench_relay;
 
 use bench_fixture::Fixture;
+pub(crate) use bench_memory::part;
 
 /// PubAcks in flight for every pipelined contender (the `Relay` and `Publisher` default).
 const WINDOW: usize = 256;

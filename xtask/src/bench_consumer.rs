@@ -201,7 +201,7 @@ pub(super) async fn without_inbox(args: &Args, fx: &Fixture) -> anyhow::Result<S
         "raw pull + ack",
         "Consumer, no inbox",
         " (no inbox)",
-        0.8,
+        0.9,
     );
     Ok(ScenarioReport {
         scenario: Scenario::ConsumerNoInbox,

@@ -117,7 +117,10 @@ pub(super) async fn e2e(args: &Args, fx: &Fixture) -> anyhow::Result<ScenarioRep
         scenario: Scenario::E2e,
         events: n,
         runs: args.repeat,
-        checks: vec![Check::on(&p99, Cmp::Below, 50.0)],
+        checks: vec![
+            Check::on(&p50, Cmp::Below, 5.0),
+            Check::on(&p99, Cmp::Below, 15.0),
+        ],
         measurements: vec![p50, p99, max, pub50, pub99, rate],
         counts: counts.into_vec(),
         notes: vec![format!(

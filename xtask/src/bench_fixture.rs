@@ -48,8 +48,70 @@ pub(super) struct Fixture {
     pub(super) js: jetstream::Context,
     /// The subject everything is published on (producer's source = consumer's destination).
     pub(super) subject: String,
+    /// Names every stream and database of this invocation (`jb_bench_<token>`).
+    pub(super) token: String,
+    /// The benchmark database's URL (for the memory scenario's child processes).
+    pub(super) url: String,
     admin_url: String,
     database: String,
+}
+
+/// What a child process of the memory scenario uses: the same configurations, a pool on the
+/// same database and a connection of its own ([`attach`]).
+pub(super) struct Attached {
+    pub(super) producer: Config,
+    pub(super) consumer: Config,
+    pub(super) pool: PgPool,
+    pub(super) js: jetstream::Context,
+}
+
+/// The producer, consumer (inbox on) and consumer (inbox off) configurations of the
+/// invocation `token`.
+fn configs(nats_url: &str, token: &str) -> anyhow::Result<(Config, Config, Config)> {
+    let env = format!("bench{token}");
+    let stream = format!("jb_bench_{token}");
+    let producer = Config::builder(env.as_str(), PRODUCER, CONSUMER)
+        .nats_urls(nats_url)
+        .stream_name(stream.as_str())
+        .build()?;
+    let consumer_config = |inbox: bool| {
+        Config::builder(env.as_str(), CONSUMER, PRODUCER)
+            .nats_urls(nats_url)
+            .stream_name(stream.as_str())
+            .use_inbox(inbox)
+            .batch_size(100)
+            .build()
+    };
+    Ok((producer, consumer_config(true)?, consumer_config(false)?))
+}
+
+/// A pool on `url` with fast recycling: the default (Verified) costs a `SELECT 1` per
+/// checkout, which the consumer runtime does once per message (a deployment would choose the
+/// same).
+fn pool(url: &str) -> anyhow::Result<PgPool> {
+    let mut manager_config = ManagerConfig::default();
+    manager_config.recycling_method = RecyclingMethod::Fast;
+    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(
+        url.to_owned(),
+        manager_config,
+    );
+    Ok(Pool::builder(manager).max_size(32).build()?)
+}
+
+/// Joins the invocation `token` (its database at `url`, its streams on `nats_url`) without
+/// creating or removing anything.
+pub(super) async fn attach(url: &str, nats_url: &str, token: &str) -> anyhow::Result<Attached> {
+    let (producer, consumer, _) = configs(nats_url, token)?;
+    let js = jetstream_bridge_topology::connect(&consumer)
+        .await
+        .context("connecting to NATS")?
+        .jetstream();
+    Ok(Attached {
+        producer,
+        consumer,
+        pool: pool(url)?,
+        js,
+    })
 }
 
 #[derive(QueryableByName)]
@@ -101,32 +163,8 @@ impl Fixture {
         )
         .await?;
         drop(conn);
-        // Fast recycling: the default (Verified) costs a `SELECT 1` per checkout, which the
-        // consumer runtime does once per message (a deployment would choose the same).
-        let mut manager_config = ManagerConfig::default();
-        manager_config.recycling_method = RecyclingMethod::Fast;
-        let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(
-            url.to_owned(),
-            manager_config,
-        );
-        let pool = Pool::builder(manager).max_size(32).build()?;
-
-        let env = format!("bench{token}");
-        let stream = format!("jb_bench_{token}");
-        let producer = Config::builder(env.as_str(), PRODUCER, CONSUMER)
-            .nats_urls(args.nats_url.as_str())
-            .stream_name(stream.as_str())
-            .build()?;
-        let consumer_config = |inbox: bool| {
-            Config::builder(env.as_str(), CONSUMER, PRODUCER)
-                .nats_urls(args.nats_url.as_str())
-                .stream_name(stream.as_str())
-                .use_inbox(inbox)
-                .batch_size(100)
-                .build()
-        };
-        let consumer = consumer_config(true)?;
-        let consumer_no_inbox = consumer_config(false)?;
+        let pool = pool(url)?;
+        let (producer, consumer, consumer_no_inbox) = configs(&args.nats_url, token)?;
         let subject = producer.subjects().source().as_str().to_owned();
         if consumer.subjects().destination().as_str() != subject {
             bail!("producer and consumer subjects differ: {subject}");
@@ -159,6 +197,8 @@ impl Fixture {
             client,
             js,
             subject,
+            token: token.to_owned(),
+            url: url.to_owned(),
             admin_url: args.database_url.clone(),
             database: database.to_owned(),
         })

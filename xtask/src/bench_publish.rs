@@ -58,7 +58,7 @@ pub(super) async fn batch(args: &Args, fx: &Fixture) -> anyhow::Result<ScenarioR
         pairs.iter().map(|p| p.1.rate).collect(),
     );
     let ratio = Measurement::ratio("publish_batch / raw", &ours.samples, &base.samples);
-    let checks = vec![Check::on(&ratio, Cmp::AtLeast, 0.8)];
+    let checks = vec![Check::on(&ratio, Cmp::AtLeast, 0.95)];
     let mut measurements = vec![base, ours, ratio];
     // CPU time of this process per event: what each contender costs whatever else runs on the
     // machine (throughput under load follows it).

@@ -35,6 +35,9 @@ enum Command {
     /// `jetstream-bridge ensure-topology` (idempotent; `--dry-run` prints the plan and changes
     /// nothing; exits non-zero on overlaps, drift, permission or connection errors).
     EnsureTopology(ensure_topology::Args),
+    /// One side of `bench memory`, started by it in a process of its own.
+    #[command(hide = true)]
+    BenchPart,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -48,5 +51,6 @@ fn main() -> anyhow::Result<()> {
         Command::OutboxRetention(args) => runtime.block_on(migrate::retention(args)),
         Command::Bench(args) => runtime.block_on(bench::run(args)),
         Command::EnsureTopology(args) => runtime.block_on(ensure_topology::run(args)),
+        Command::BenchPart => runtime.block_on(bench::part()),
     }
 }
