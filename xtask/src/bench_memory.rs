@@ -34,8 +34,6 @@ const NATS_VAR: &str = "JB_BENCH_PART_NATS_URL";
 const TOKEN_VAR: &str = "JB_BENCH_PART_TOKEN";
 /// `relay` or `consumer`.
 const ROLE_VAR: &str = "JB_BENCH_PART_ROLE";
-/// Events the consumer waits for.
-const EVENTS_VAR: &str = "JB_BENCH_PART_EVENTS";
 /// Starts each line of a child's protocol.
 const MARK: &str = "jb-bench-part: ";
 
@@ -67,9 +65,10 @@ pub(super) fn rss_of(pid: &str) -> anyhow::Result<u64> {
 }
 
 /// A child process: builds its part, prints `ready`, then a relay runs until its stdin closes
-/// and prints `sent N`; a consumer prints `processed N` every 50 ms until N reaches
-/// `--events`, then waits for its stdin to close and prints `done N`.
-/// Its part and the rest of its settings come from the environment the parent sets.
+/// and prints `sent N`; a consumer prints `processed N` every 50 ms until its stdin closes
+/// (the parent closes it once N reached the events it produced, or when it gives up), then
+/// `done N`. Its part and the rest of its settings come from the environment the parent
+/// sets.
 pub(crate) async fn part() -> anyhow::Result<()> {
     let var = |name: &str| std::env::var(name).with_context(|| format!("{name} is not set"));
     let a = attach(&var(URL_VAR)?, &var(NATS_VAR)?, &var(TOKEN_VAR)?).await?;
@@ -79,13 +78,11 @@ pub(crate) async fn part() -> anyhow::Result<()> {
                 .build()?
                 .spawn();
             println!("{MARK}ready");
-            let mut rest = Vec::new();
-            tokio::io::stdin().read_to_end(&mut rest).await?;
+            stdin_closed().await;
             let report = relay.shutdown().await?;
             println!("{MARK}sent {}", report.sent);
         }
         "consumer" => {
-            let events: u64 = var(EVENTS_VAR)?.parse()?;
             let consumer = Consumer::builder(&a.consumer, a.js.clone())
                 .with_inbox(a.pool.clone())
                 .handler(Noop)
@@ -95,23 +92,45 @@ pub(crate) async fn part() -> anyhow::Result<()> {
                 .spawn();
             println!("{MARK}ready");
             let stats = consumer.stats();
+            let mut closed = std::pin::pin!(stdin_closed());
             loop {
-                let processed = stats.borrow().processed;
-                println!("{MARK}processed {processed}");
-                if processed >= events {
-                    break;
+                println!("{MARK}processed {}", stats.borrow().processed);
+                tokio::select! {
+                    () = &mut closed => break,
+                    () = tokio::time::sleep(Duration::from_millis(50)) => {}
                 }
-                tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            // Stay (and keep the measured state) until this process is told to stop.
-            let mut rest = Vec::new();
-            tokio::io::stdin().read_to_end(&mut rest).await?;
             let report = consumer.shutdown().await?;
             println!("{MARK}done {}", report.stats.processed);
         }
         other => bail!("unknown part {other:?}"),
     }
     Ok(())
+}
+
+/// Completes when this process's stdin reaches its end (or cannot be read).
+async fn stdin_closed() {
+    let mut rest = Vec::new();
+    let _ = tokio::io::stdin().read_to_end(&mut rest).await;
+}
+
+/// Waits up to 30 s for a child to exit, then kills it.
+async fn reap(child: &mut Child) {
+    if tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .is_err()
+    {
+        let _ = child.kill().await;
+    }
+}
+
+/// Sets its flag when dropped: the samplers stop whichever way the scenario ends.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 /// A child's RSS, sampled every 20 ms until `stop`.
@@ -174,10 +193,9 @@ fn part_command() -> anyhow::Result<tokio::process::Command> {
     Ok(command)
 }
 
-fn spawn_part(fx: &Fixture, args: &Args, role: &str, events: usize) -> anyhow::Result<Child> {
+fn spawn_part(fx: &Fixture, args: &Args, role: &str) -> anyhow::Result<Child> {
     part_command()?
         .env(ROLE_VAR, role)
-        .env(EVENTS_VAR, events.to_string())
         .env(URL_VAR, &fx.url)
         .env(NATS_VAR, &args.nats_url)
         .env(TOKEN_VAR, &fx.token)
@@ -227,8 +245,8 @@ pub(super) async fn memory(args: &Args, fx: &Fixture) -> anyhow::Result<Scenario
     }
     fx.reset().await?;
     let counts = Counts::default();
-    let mut relay = spawn_part(fx, args, "relay", 0)?;
-    let mut consumer = spawn_part(fx, args, "consumer", n)?;
+    let mut relay = spawn_part(fx, args, "relay")?;
+    let mut consumer = spawn_part(fx, args, "consumer")?;
     let mut relay_out = stdout_lines(&mut relay)?;
     let mut consumer_out = stdout_lines(&mut consumer)?;
     let ready = Duration::from_secs(30);
@@ -239,6 +257,7 @@ pub(super) async fn memory(args: &Args, fx: &Fixture) -> anyhow::Result<Scenario
         }
     }
     let stop = Arc::new(AtomicBool::new(false));
+    let _stop_samplers = StopOnDrop(Arc::clone(&stop));
     let pid = |c: &Child| c.id().context("a benchmark process already ended");
     let relay_rss = Sampled::start(pid(&relay)?, &stop)?;
     let consumer_rss = Sampled::start(pid(&consumer)?, &stop)?;
@@ -287,8 +306,8 @@ pub(super) async fn memory(args: &Args, fx: &Fixture) -> anyhow::Result<Scenario
     .await;
     let handled = tokio::time::timeout(Duration::from_secs(60), reader).await;
     stop.store(true, Ordering::Relaxed);
-    let _ = relay.wait().await;
-    let _ = consumer.wait().await;
+    reap(&mut relay).await;
+    reap(&mut consumer).await;
     let steady = driven?;
     let [relay_end, consumer_end] = end;
     let (relay_end, consumer_end) = (relay_end?, consumer_end?);

@@ -392,7 +392,8 @@ impl Settings {
             shutdown: CancellationToken::new(),
             released: AtomicU64::new(0),
             attempts: Attempts::new(
-                self.progress_interval.unwrap_or(self.config.ack_wait()) / 2,
+                self.progress_interval,
+                self.config.ack_wait(),
                 self.js.client(),
                 self.config.durable_name().as_str().to_owned(),
             ),

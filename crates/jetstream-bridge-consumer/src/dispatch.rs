@@ -80,10 +80,14 @@ impl<A: Apply> Running<A> {
         self.shared.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Starts waiting work while a slot is free and the database is not down.
+    /// Starts waiting work while a slot is free, the database is not down and shutdown has not
+    /// begun (then the fetch loop gives the waiting work back).
     fn fill(&self, set: &mut RunningSet) -> bool {
         let mut started = false;
-        while set.jobs.len() < set.concurrency && !self.processor.outage.is_down() {
+        while set.jobs.len() < set.concurrency
+            && !self.processor.outage.is_down()
+            && !self.processor.shutdown.is_cancelled()
+        {
             let Some(work) = set.waiting.pop_front() else {
                 break;
             };

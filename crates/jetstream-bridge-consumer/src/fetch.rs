@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use async_nats::jetstream::consumer::PullConsumer;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use jetstream_bridge_config::{Config, ConsumerMode};
 use jetstream_bridge_topology::{ensure_topology, lookup_durable, EnsureOptions, TopologySpec};
 use tokio_util::sync::CancellationToken;
@@ -21,7 +21,7 @@ use crate::retry::Doubling;
 use crate::stats::{health_log, Stats};
 
 /// How long after its expiry the runtime stops waiting for a pull request to end.
-const PULL_GRACE: Duration = Duration::from_millis(500);
+const PULL_GRACE: Duration = Duration::from_secs(1);
 
 /// The fetching side of a consumer: where messages come from and how failures are retried.
 pub(crate) struct Fetcher {
@@ -107,11 +107,18 @@ impl Fetcher {
             let mut collected = Vec::new();
             let mut ended = false;
             let mut failed = None;
-            // The runtime's own end of this pull: the server sends nothing after the request
-            // expired, but the client may not learn of it (its 408 lost or late) and would
-            // wait seconds more before ending the pull on its own.
-            let deadline =
-                tokio::time::Instant::from_std(fetched_at) + self.fetch_wait + PULL_GRACE;
+            // The runtime's own end of this pull, counted from when the request went out: the
+            // server sends nothing after the request expired, but the client may not learn of
+            // it (its 408 lost or late) and would wait seconds more before ending the pull.
+            // Deliveries already received are taken first (the branch below comes after
+            // theirs), and what arrives later is taken after the loop.
+            // One timer per pull (not one per loop pass: that would register and drop a timer
+            // entry for every message).
+            let deadline = tokio::time::sleep_until(
+                tokio::time::Instant::now() + self.fetch_wait + PULL_GRACE,
+            );
+            let mut deadline = std::pin::pin!(deadline);
+            let mut cut = false;
             loop {
                 let down = outage.is_down();
                 tokio::select! {
@@ -139,7 +146,10 @@ impl Fetcher {
                             }
                         }
                     },
-                    () = tokio::time::sleep_until(deadline), if !ended => ended = true,
+                    () = &mut deadline, if !ended => {
+                        ended = true;
+                        cut = true;
+                    }
                     () = tick(&mut progress), if d.has_waiting() || !collected.is_empty() => {
                         let collecting: Vec<&jetstream::Message> = collected.iter().collect();
                         d.processor.progress_ack(&collecting).await;
@@ -152,6 +162,26 @@ impl Fetcher {
                     }
                     if !d.has_waiting() {
                         break;
+                    }
+                }
+            }
+            // Deliveries that arrived after this pull's end was decided are valid all the same:
+            // take what the client holds (it is dropped with the pull otherwise, and would come
+            // back only after `ack_wait`, a delivery spent).
+            let mut late = Vec::new();
+            if cut {
+                while let Some(Some(Ok(message))) = batch.next().now_or_never() {
+                    late.push(message);
+                }
+            }
+            if !late.is_empty() {
+                received += late.len();
+                if A::BATCH {
+                    self.stats.update(|s| s.fetched += late.len() as u64);
+                    d.offer(Work::Batch(late));
+                } else {
+                    for message in late {
+                        d.offer(Work::One(message));
                     }
                 }
             }

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -19,14 +19,15 @@ use crate::stats::Stats;
 /// The running attempts, by stream sequence.
 pub(crate) struct Attempts {
     /// A redelivery sooner than this after the attempt began cannot come from a usable
-    /// durable: half the in-progress ack interval (or half the configured `ack_wait` when the
-    /// runtime sends no in-progress acks).
-    threshold: Duration,
+    /// durable (see [`Attempts::new`]); `None`: no in-progress acks, nothing to tell by.
+    threshold: Option<Duration>,
     /// Its `connects` counter tells a reconnect (in-progress acks may have been lost: a
     /// redelivery then proves nothing) from a durable that redelivers early.
     client: Client,
     durable: String,
     running: Mutex<HashMap<u64, Running, BuildHasherDefault<Sequence>>>,
+    /// Numbers the attempts, so a guard removes only its own entry.
+    attempts: AtomicU64,
     said: AtomicBool,
 }
 
@@ -54,31 +55,52 @@ impl Hasher for Sequence {
 
 #[derive(Clone, Copy)]
 struct Running {
+    id: u64,
     since: Instant,
     connects: u64,
 }
 
-/// Removes its attempt from the running ones when dropped.
+/// Removes its attempt from the running ones when dropped (unless a later attempt of the same
+/// message replaced it).
 pub(crate) struct Started<'a> {
     attempts: &'a Attempts,
     seq: u64,
+    id: u64,
 }
 
 impl Drop for Started<'_> {
     fn drop(&mut self) {
         if self.seq != 0 {
-            self.attempts.lock().remove(&self.seq);
+            let mut running = self.attempts.lock();
+            if running.get(&self.seq).is_some_and(|r| r.id == self.id) {
+                running.remove(&self.seq);
+            }
         }
     }
 }
 
 impl Attempts {
-    pub(crate) fn new(threshold: Duration, client: Client, durable: String) -> Self {
+    /// `progress_interval`: the runtime's in-progress ack interval (`None`: it sends none, and
+    /// a redelivery during a long attempt is expected). A usable durable redelivers a message no
+    /// sooner than its `ack_wait` after the message's last in-progress ack, which came at most
+    /// one interval before its attempt began (waiting messages get them too): so at least
+    /// `ack_wait - interval` into the attempt. Half of that, and of the interval, is the
+    /// threshold.
+    pub(crate) fn new(
+        progress_interval: Option<Duration>,
+        ack_wait: Duration,
+        client: Client,
+        durable: String,
+    ) -> Self {
+        let threshold = progress_interval
+            .map(|every| every.min(ack_wait.saturating_sub(every)) / 2)
+            .filter(|t| !t.is_zero());
         Self {
             threshold,
             client,
             durable,
             running: Mutex::new(HashMap::default()),
+            attempts: AtomicU64::new(0),
             said: AtomicBool::new(false),
         }
     }
@@ -94,8 +116,11 @@ impl Attempts {
     /// Marks the attempt of the message at stream sequence `seq` as running until the guard
     /// is dropped (sequence 0, a message without position, is not tracked).
     pub(crate) fn start(&self, seq: u64) -> Started<'_> {
+        let id = self.attempts.fetch_add(1, Ordering::Relaxed);
+        let seq = if self.threshold.is_some() { seq } else { 0 };
         if seq != 0 {
             let running = Running {
+                id,
                 since: Instant::now(),
                 connects: self.connects(),
             };
@@ -104,6 +129,7 @@ impl Attempts {
         Started {
             attempts: self,
             seq,
+            id,
         }
     }
 
@@ -111,6 +137,9 @@ impl Attempts {
     /// the threshold ago, on the same connection, counts in `early_redeliveries`; the first
     /// one is logged with the fix.
     pub(crate) fn received(&self, message: &Message, stats: &Stats) {
+        let Some(threshold) = self.threshold else {
+            return;
+        };
         let Ok(info) = message.info() else { return };
         if info.delivered <= 1 {
             return;
@@ -119,7 +148,7 @@ impl Attempts {
             return;
         };
         let after = running.since.elapsed();
-        if after >= self.threshold || running.connects != self.connects() {
+        if after >= threshold || running.connects != self.connects() {
             return;
         }
         stats.update(|s| s.early_redeliveries += 1);

@@ -51,8 +51,9 @@ pub struct ConsumerStats {
     /// Time spent in database outages so far (updated while one lasts, at every probe).
     pub db_outage_time: Duration,
     /// Redeliveries that arrived while an attempt of the same message was still running,
-    /// sooner than a usable durable could redeliver it (half the in-progress ack interval
-    /// after the attempt began, on the same connection). Not zero means the durable's
+    /// sooner than a usable durable could redeliver it (after the attempt began: half of the
+    /// in-progress ack interval or of `ack_wait` minus that interval, whichever is smaller; on
+    /// the same connection; never counted without in-progress acks). Not zero means the durable's
     /// `ack_wait` is shorter than the in-progress ack interval or it has a server-side
     /// `backoff` (as durables created by the Ruby gem have): NAK delays are then ignored. The
     /// first one is logged with the fix; health's readiness fails on it. This is how the

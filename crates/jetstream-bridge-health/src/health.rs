@@ -949,7 +949,8 @@ impl Health {
         let (nats_rtt_ms, stream, mut consumer, dlq, (database, outbox)) =
             futures_util::join!(rtt, stream, consumer, self.dlq(ask_js), database_and_outbox);
         let runtime = self.observe_runtimes();
-        if consumer.problems.is_empty() {
+        // Where the durable could be read, its configuration is the better witness.
+        if restricted {
             consumer.problems.extend(self.redelivery_problem());
         }
 
