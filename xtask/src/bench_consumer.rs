@@ -343,12 +343,7 @@ async fn raw_run(
     inbox: bool,
     counts: &Counts,
 ) -> anyhow::Result<(f64, f64)> {
-    fx.preload(count).await?;
-    let consumer = bind_pull_consumer(
-        &fx.js,
-        fx.spec.stream_name(),
-        fx.consumer.durable_name().as_str(),
-    )?;
+    let consumer = preloaded(fx, count).await?;
     let done = AtomicU64::new(0);
     let cpu = cpu_seconds()?;
     let started = Instant::now();
@@ -416,6 +411,19 @@ async fn raw_run(
     Ok((rate, cpu))
 }
 
+/// Preloads `count` events and binds the raw loops' pull consumer to the durable.
+async fn preloaded(
+    fx: &Fixture,
+    count: usize,
+) -> anyhow::Result<async_nats::jetstream::consumer::PullConsumer> {
+    fx.preload(count).await?;
+    Ok(bind_pull_consumer(
+        &fx.js,
+        fx.spec.stream_name(),
+        fx.consumer.durable_name().as_str(),
+    )?)
+}
+
 /// The batch-mode baseline: a competent hand-written loop doing what batch mode does. Pull up
 /// to [`PULL`] messages, parse them all, then one transaction: a multi-row insert into the
 /// dedupe table returning the new ids, and one multi-row business insert of those; commit,
@@ -426,12 +434,7 @@ async fn raw_batch_run(fx: &Fixture, count: usize, counts: &Counts) -> anyhow::R
         #[diesel(sql_type = Text)]
         event_id: String,
     }
-    fx.preload(count).await?;
-    let consumer = bind_pull_consumer(
-        &fx.js,
-        fx.spec.stream_name(),
-        fx.consumer.durable_name().as_str(),
-    )?;
+    let consumer = preloaded(fx, count).await?;
     let mut done = 0usize;
     let cpu = cpu_seconds()?;
     let started = Instant::now();
