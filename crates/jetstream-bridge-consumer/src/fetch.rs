@@ -239,13 +239,18 @@ impl Fetcher {
                     }
                 },
             };
+            // An idle subscription still logs its health on time: one timer, reset after each
+            // log line (not a new one per message).
+            let health_due = tokio::time::Instant::from_std(last_health) + self.health_log_interval;
+            let mut health_timer = std::pin::pin!(tokio::time::sleep_until(health_due));
             loop {
-                if last_health.elapsed() >= self.health_log_interval {
+                if last_health.elapsed() >= self.health_log_interval || health_timer.is_elapsed() {
                     last_health = Instant::now();
                     health_log(&self.stats, started);
+                    health_timer.as_mut().reset(
+                        tokio::time::Instant::from_std(last_health) + self.health_log_interval,
+                    );
                 }
-                let health_due =
-                    tokio::time::Instant::from_std(last_health) + self.health_log_interval;
                 let down = outage.is_down();
                 let message = tokio::select! {
                     biased;
@@ -272,8 +277,7 @@ impl Fetcher {
                         d.progress_ack_waiting().await;
                         continue;
                     }
-                    // An idle subscription still logs its health on time.
-                    () = tokio::time::sleep_until(health_due) => continue,
+                    () = &mut health_timer => continue,
                 };
                 failures = 0;
                 if message.status.is_some() {
