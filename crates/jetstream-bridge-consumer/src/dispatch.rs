@@ -21,10 +21,10 @@ use tracing::{error, warn};
 use crate::attempt::Apply;
 use crate::process::Processor;
 
-/// What one task processes: a message, or the messages of one pull request (batch mode).
+/// What one job processes: a message, or the messages of one pull request (batch mode).
 #[allow(
     clippy::large_enum_variant,
-    reason = "moved once into its task; boxing would add an allocation per message"
+    reason = "moved once into its job; boxing would add an allocation per message"
 )]
 pub(crate) enum Work {
     One(jetstream::Message),

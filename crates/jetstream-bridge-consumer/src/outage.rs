@@ -1,4 +1,4 @@
-//! [`Outage`]: the database as the message tasks see it. An unreachable database is an outage,
+//! [`Outage`]: the database as the message jobs see it. An unreachable database is an outage,
 //! not a failure of the messages that ran into it: they are held (with in-progress acks) until
 //! the database answers again, fetching pauses, and no delivery, inbox attempt or dead letter
 //! is spent on it.

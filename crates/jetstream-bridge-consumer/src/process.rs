@@ -24,7 +24,7 @@ use crate::redelivery::Attempts;
 use crate::retry::backoff_for;
 use crate::stats::Stats;
 
-/// What processing a message needs, shared by the fetch loop and every message task.
+/// What processing a message needs, shared by the fetch loop and every message job.
 pub(crate) struct Processor<A> {
     /// The handler slot: the handler, with the inbox's pool when the inbox is on.
     pub(crate) apply: A,
@@ -38,7 +38,7 @@ pub(crate) struct Processor<A> {
     pub(crate) max_deliver: AtomicU32,
     pub(crate) progress_interval: Option<Duration>,
     pub(crate) handler_timeout: Option<Duration>,
-    /// The database as the message tasks see it.
+    /// The database as the message jobs see it.
     pub(crate) outage: Outage,
     /// Cancelled when shutdown begins.
     pub(crate) shutdown: CancellationToken,

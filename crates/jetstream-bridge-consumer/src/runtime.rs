@@ -1,4 +1,4 @@
-//! [`Consumer`]: runs the fetch loop and the message tasks until the shutdown signal, then
+//! [`Consumer`]: runs the fetch loop and the message jobs until the shutdown signal, then
 //! drains; [`ConsumerHandle`] for a consumer on its own task.
 
 use std::future::Future;

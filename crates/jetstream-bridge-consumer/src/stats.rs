@@ -80,7 +80,7 @@ pub struct ShutdownReport {
     pub stats: ConsumerStats,
 }
 
-/// The sending side of the counters, shared by the fetch loop and the message tasks.
+/// The sending side of the counters, shared by the fetch loop and the message jobs.
 #[derive(Debug, Clone)]
 pub(crate) struct Stats(watch::Sender<ConsumerStats>);
 
