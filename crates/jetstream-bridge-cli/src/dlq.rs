@@ -460,6 +460,26 @@ fn print_outcomes(lines: &[LetterOutcome], dry_verb: &str, out: &Out) {
 }
 
 /// The error of an operation that did not complete: what was done, what failed, what is left.
+/// A replay's or purge's outcome: JSON (`stream`, `dry_run`, `complete`, `letters`), or one line
+/// per dead letter.
+fn print_report(
+    out: &Out,
+    (stream, dry_run, complete): (&str, bool, bool),
+    letters: &[LetterOutcome],
+    dry_verb: &str,
+) {
+    if out.json() {
+        out.value(&json!({
+            "stream": stream,
+            "dry_run": dry_run,
+            "complete": complete,
+            "letters": letters.iter().map(outcome_json).collect::<Vec<_>>(),
+        }));
+    } else {
+        print_outcomes(letters, dry_verb, out);
+    }
+}
+
 fn partial(what: &str, lines: &[LetterOutcome], done: usize) -> CliError {
     let failed = lines.iter().find_map(|l| match &l.outcome {
         Outcome::Failed { error } => {
@@ -511,16 +531,12 @@ async fn replay(dlq: &DeadLetterQueue, args: &DlqReplayArgs, out: &Out) -> Resul
         .replay(&args.selector.filter(), options, progress(out))
         .await
         .map_err(|e| dlq_error(&e))?;
-    if out.json() {
-        out.value(&json!({
-            "stream": report.stream,
-            "dry_run": report.dry_run,
-            "complete": report.is_complete(),
-            "letters": report.letters.iter().map(outcome_json).collect::<Vec<_>>(),
-        }));
-    } else {
-        print_outcomes(&report.letters, "replay", out);
-    }
+    print_report(
+        out,
+        (&report.stream, report.dry_run, report.is_complete()),
+        &report.letters,
+        "replay",
+    );
     let total = report.letters.len();
     if !report.is_complete() {
         return Err(partial("replay", &report.letters, report.replayed()));
@@ -539,16 +555,12 @@ async fn purge(dlq: &DeadLetterQueue, args: &DlqPurgeArgs, out: &Out) -> Result<
         .purge(&args.selector.filter(), dry_run, progress(out))
         .await
         .map_err(|e| dlq_error(&e))?;
-    if out.json() {
-        out.value(&json!({
-            "stream": report.stream,
-            "dry_run": report.dry_run,
-            "complete": report.is_complete(),
-            "letters": report.letters.iter().map(outcome_json).collect::<Vec<_>>(),
-        }));
-    } else {
-        print_outcomes(&report.letters, "delete", out);
-    }
+    print_report(
+        out,
+        (&report.stream, report.dry_run, report.is_complete()),
+        &report.letters,
+        "delete",
+    );
     let total = report.letters.len();
     if !args.yes && !args.dry_run {
         return Err(CliError::new(
