@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
 use async_nats::jetstream::Message;
-use diesel::sql_types::{Nullable, Text};
+use diesel::sql_types::{BigInt, Nullable, Text};
 use diesel::QueryableByName;
 use diesel_async::RunQueryDsl;
 use futures_util::StreamExt;
@@ -121,7 +121,29 @@ impl TestNats {
     }
 }
 
+/// The one column a [`TestDb::count`] query selects.
+#[derive(QueryableByName)]
+struct Count {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
 impl TestDb {
+    /// Runs `sql`, a query selecting one `bigint` column named `n` (e.g.
+    /// `SELECT count(*) AS n FROM effects`), and returns it.
+    ///
+    /// # Panics
+    ///
+    /// When the query fails.
+    pub async fn count(&self, sql: &str) -> i64 {
+        let mut conn = self.conn().await;
+        let row: Count = diesel::sql_query(sql)
+            .get_result(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        row.n
+    }
+
     /// Every row of `jetstream_inbox_events`, oldest first: what a consumer with the inbox has
     /// received and applied.
     ///

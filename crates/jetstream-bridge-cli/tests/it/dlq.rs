@@ -12,7 +12,7 @@ use jetstream_bridge_consumer::{
 };
 use serde_json::{json, Value};
 
-use crate::{count, stream_len, Env, WAIT};
+use crate::{stream_len, Env, WAIT};
 
 /// Writes one `effects` row per applied event (inside the inbox transaction); fails
 /// permanently for the event ids in `poison`.
@@ -47,11 +47,11 @@ async fn wait(handle: &ConsumerHandle, done: impl FnMut(&ConsumerStats) -> bool)
 }
 
 async fn effects(env: &Env, id: &str) -> i64 {
-    count(
-        &env.db,
-        &format!("SELECT count(*) AS n FROM effects WHERE event_id = '{id}'"),
-    )
-    .await
+    env.db
+        .count(&format!(
+            "SELECT count(*) AS n FROM effects WHERE event_id = '{id}'"
+        ))
+        .await
 }
 
 fn envelope(n: u64) -> Envelope {

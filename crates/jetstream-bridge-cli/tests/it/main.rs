@@ -12,9 +12,6 @@ mod migrate;
 
 use std::time::Duration;
 
-use diesel::sql_types::BigInt;
-use diesel::QueryableByName;
-use diesel_async::RunQueryDsl;
 use jetstream_bridge_config::{Config, ConfigBuilder};
 use jetstream_bridge_testkit::{TestDb, TestNats};
 use serde_json::Value;
@@ -137,19 +134,6 @@ impl Env {
         self.t.teardown().await;
         self.db.teardown().await;
     }
-}
-
-#[derive(QueryableByName)]
-pub(crate) struct N {
-    #[diesel(sql_type = BigInt)]
-    pub(crate) n: i64,
-}
-
-/// `sql` must select one bigint column `n`.
-pub(crate) async fn count(db: &TestDb, sql: &str) -> i64 {
-    let mut conn = db.pool().get().await.unwrap();
-    let n: N = diesel::sql_query(sql).get_result(&mut *conn).await.unwrap();
-    n.n
 }
 
 /// Messages stored in stream `name`.

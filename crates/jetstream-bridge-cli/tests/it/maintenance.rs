@@ -6,7 +6,7 @@ use diesel_async::SimpleAsyncConnection;
 use jetstream_bridge_outbox::{NewEvent, Outbox, Relay};
 use serde_json::json;
 
-use crate::{count, stream_len, Env, WAIT};
+use crate::{stream_len, Env, WAIT};
 
 /// Quarantined rows are reported by `status`, and `retry-failed` (by event id, then `--all`)
 /// puts them back so that a running relay, woken at once, publishes them.
@@ -135,18 +135,18 @@ async fn outbox_cleanup_deletes_only_old_sent_rows() {
         .json();
     assert_eq!(v["deleted"], 1, "{v}");
     assert_eq!(
-        count(&env.db, "SELECT count(*) AS n FROM jetstream_outbox_events").await,
+        env.db
+            .count("SELECT count(*) AS n FROM jetstream_outbox_events")
+            .await,
         3
     );
     assert_eq!(
-        count(
-            &env.db,
-            &format!(
+        env.db
+            .count(&format!(
                 "SELECT count(*) AS n FROM jetstream_outbox_events WHERE event_id = '{}'",
                 ids[0]
-            )
-        )
-        .await,
+            ))
+            .await,
         0
     );
     let status = env.cli(&["outbox", "status", "--json"]).await.json();
@@ -193,15 +193,17 @@ async fn inbox_status_and_cleanup() {
         .json();
     assert_eq!(v["deleted"], 1, "{v}");
     assert_eq!(
-        count(
-            &env.db,
-            "SELECT count(*) AS n FROM jetstream_inbox_events WHERE event_id IN ('new', 'bad')"
-        )
-        .await,
+        env.db
+            .count(
+                "SELECT count(*) AS n FROM jetstream_inbox_events WHERE event_id IN ('new', 'bad')"
+            )
+            .await,
         2
     );
     assert_eq!(
-        count(&env.db, "SELECT count(*) AS n FROM jetstream_inbox_events").await,
+        env.db
+            .count("SELECT count(*) AS n FROM jetstream_inbox_events")
+            .await,
         2
     );
     drop(conn);

@@ -4,15 +4,14 @@ use jetstream_bridge_pg::{Component, Migrator};
 use jetstream_bridge_testkit::TestDb;
 use serde_json::Value;
 
-use crate::{count, run_with};
+use crate::run_with;
 
 fn db_vars(db: &TestDb) -> Vec<(String, String)> {
     vec![("DATABASE_URL".to_owned(), db.url().to_owned())]
 }
 
 async fn tables(db: &TestDb) -> i64 {
-    count(
-        db,
+    db.count(
         "SELECT count(*) AS n FROM information_schema.tables WHERE table_name IN \
          ('jetstream_outbox_events', 'jetstream_inbox_events')",
     )

@@ -10,7 +10,7 @@ use jetstream_bridge_consumer::{Event, HandlerError, InboxBatchHandler};
 use jetstream_bridge_testkit::eventually;
 use tokio::sync::Notify;
 
-use crate::{count, envelope, header, wait, Env, WAIT};
+use crate::{envelope, header, wait, Env, WAIT};
 
 /// Inserts one `effects` row per event; records each call's size; fails the whole batch
 /// (permanently, or retryably with `retry`) when it contains the event with payload id
@@ -143,7 +143,9 @@ async fn batch_handler_without_the_inbox() {
         [vec![0, 1, 2, 3], vec![0], vec![1], vec![2], vec![3]]
     );
     assert_eq!(
-        count(&env.db, "SELECT count(*) AS n FROM jetstream_inbox_events").await,
+        env.db
+            .count("SELECT count(*) AS n FROM jetstream_inbox_events")
+            .await,
         0
     );
     env.wait_stream_drained().await;
@@ -218,15 +220,15 @@ async fn duplicates_in_and_after_a_batch_have_effects_once() {
     assert_eq!(*recorder.sizes.lock().unwrap(), [5]);
     assert_eq!(env.effects().await, 5);
     assert_eq!(
-        count(&env.db, "SELECT count(DISTINCT event_id) AS n FROM effects").await,
+        env.db
+            .count("SELECT count(DISTINCT event_id) AS n FROM effects")
+            .await,
         5
     );
     assert_eq!(
-        count(
-            &env.db,
-            "SELECT count(*) AS n FROM jetstream_inbox_events WHERE status = 'processed'"
-        )
-        .await,
+        env.db
+            .count("SELECT count(*) AS n FROM jetstream_inbox_events WHERE status = 'processed'")
+            .await,
         5
     );
     env.wait_stream_drained().await;
@@ -268,7 +270,9 @@ async fn failing_event_in_a_batch_is_retried_alone_then_dead_lettered() {
     );
     assert_eq!(env.effects().await, 4);
     assert_eq!(
-        count(&env.db, "SELECT count(DISTINCT event_id) AS n FROM effects").await,
+        env.db
+            .count("SELECT count(DISTINCT event_id) AS n FROM effects")
+            .await,
         4
     );
     let dlq = env.dlq_messages(1).await;
@@ -279,14 +283,12 @@ async fn failing_event_in_a_batch_is_retried_alone_then_dead_lettered() {
     assert_eq!(header(&dlq[0], DELIVERIES_HEADER), Some("3"));
     let poison_id = events[3].event_id.as_str();
     assert_eq!(
-        count(
-            &env.db,
-            &format!(
+        env.db
+            .count(&format!(
                 "SELECT count(*) AS n FROM jetstream_inbox_events WHERE event_id = '{poison_id}' \
                  AND status = 'failed' AND processing_attempts = 3"
-            )
-        )
-        .await,
+            ))
+            .await,
         1
     );
     env.wait_stream_drained().await;
@@ -324,15 +326,17 @@ async fn malformed_body_in_a_batch_is_dead_lettered_and_the_rest_processed() {
     assert_eq!(header(&dlq[0], DELIVERIES_HEADER), Some("1"));
     assert_eq!(&dlq[0].payload[..], b"not json");
     assert_eq!(
-        count(&env.db, "SELECT count(*) AS n FROM jetstream_inbox_events").await,
+        env.db
+            .count("SELECT count(*) AS n FROM jetstream_inbox_events")
+            .await,
         4
     );
     assert_eq!(
-        count(
-            &env.db,
-            "SELECT count(*) AS n FROM jetstream_inbox_events WHERE event_id = 'malformed-1'"
-        )
-        .await,
+        env.db
+            .count(
+                "SELECT count(*) AS n FROM jetstream_inbox_events WHERE event_id = 'malformed-1'"
+            )
+            .await,
         0
     );
     env.wait_stream_drained().await;
@@ -402,7 +406,9 @@ async fn batch_dropped_before_commit_loses_nothing_and_applies_once() {
     rest.shutdown().await.unwrap();
     assert_eq!(env.effects().await, 10);
     assert_eq!(
-        count(&env.db, "SELECT count(DISTINCT event_id) AS n FROM effects").await,
+        env.db
+            .count("SELECT count(DISTINCT event_id) AS n FROM effects")
+            .await,
         10
     );
     env.wait_stream_drained().await;

@@ -6,7 +6,7 @@ use async_nats::HeaderMap;
 use jetstream_bridge_config::{Envelope, SubjectLayout};
 use jetstream_bridge_inbox::{Inbox, InboxStatus};
 
-use crate::{count, envelope, wait, Behaviour, Env, TestHandler};
+use crate::{envelope, wait, Behaviour, Env, TestHandler};
 
 /// The same event stored twice (gem-style lowercase msg-id, not deduplicated by the server) has
 /// its effects once: the second copy is acked as a duplicate without calling the handler.
@@ -104,12 +104,12 @@ async fn handler_panic_is_retried_and_the_runtime_lives() {
     // The panicked attempt's effect rolled back: one row per event.
     assert_eq!(env.effects().await, 2);
     assert_eq!(
-        count(
-            &env.db,
-            "SELECT count(*) AS n FROM jetstream_inbox_events WHERE status = 'processed' \
+        env.db
+            .count(
+                "SELECT count(*) AS n FROM jetstream_inbox_events WHERE status = 'processed' \
              AND processing_attempts = 2"
-        )
-        .await,
+            )
+            .await,
         1
     );
     handle.shutdown().await.unwrap();

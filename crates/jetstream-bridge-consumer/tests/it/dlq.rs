@@ -10,7 +10,7 @@ use jetstream_bridge_config::{
 };
 use jetstream_bridge_topology::{ensure_topology, EnsureOptions};
 
-use crate::{count, envelope, header, wait, Behaviour, Env, TestHandler};
+use crate::{envelope, header, wait, Behaviour, Env, TestHandler};
 
 /// A failing handler is redelivered after the configured backoff (200 ms, then 400 ms, applied
 /// as NAK delays) and dead-lettered on delivery `max_deliver` (3) with every DLQ header right.
@@ -101,13 +101,13 @@ async fn retries_with_backoff_then_dead_letters_after_max_deliver() {
     );
     assert_eq!(env.effects().await, 0, "every attempt rolled back");
     assert_eq!(
-        count(
-            &env.db,
-            "SELECT count(*) AS n FROM jetstream_inbox_events WHERE status = 'failed' \
+        env.db
+            .count(
+                "SELECT count(*) AS n FROM jetstream_inbox_events WHERE status = 'failed' \
              AND processing_attempts = 3 AND error_message = 'HandlerError: boom' \
              AND failed_at IS NOT NULL"
-        )
-        .await,
+            )
+            .await,
         1
     );
     env.teardown().await;
@@ -141,7 +141,9 @@ async fn malformed_bodies_are_dead_lettered_on_first_delivery() {
         assert_eq!(context.error_class.as_deref(), Some("EnvelopeError"));
     }
     assert_eq!(
-        count(&env.db, "SELECT count(*) AS n FROM jetstream_inbox_events").await,
+        env.db
+            .count("SELECT count(*) AS n FROM jetstream_inbox_events")
+            .await,
         0
     );
     handle.shutdown().await.unwrap();

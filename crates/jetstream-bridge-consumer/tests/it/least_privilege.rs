@@ -17,7 +17,7 @@ use jetstream_bridge_testkit::{eventually, server_round_trip, NatsServer, TestDb
 use jetstream_bridge_topology::{connect, Connection, EnsureOptions, TopologySpec};
 use serde_json::json;
 
-use crate::{count, wait, WAIT};
+use crate::{wait, WAIT};
 
 const STREAM: &str = "prod-jetstream-bridge-stream";
 const DURABLE: &str = "prod-orders-workers";
@@ -221,16 +221,14 @@ async fn consume_as(user: &str, mode: ConsumerMode) -> Vec<String> {
     let seen = monitor.finish().await;
 
     // End to end: one effect per good event, committed with its inbox row.
-    assert_eq!(count(&db, "SELECT count(*) AS n FROM effects").await, 3);
-    let processed = count(
-        &db,
-        &format!(
+    assert_eq!(db.count("SELECT count(*) AS n FROM effects").await, 3);
+    let processed = db
+        .count(&format!(
             "SELECT count(*) AS n FROM jetstream_inbox_events \
              WHERE status = 'processed' AND event_id IN ('{}')",
             ids.join("', '")
-        ),
-    )
-    .await;
+        ))
+        .await;
     assert_eq!(processed, 3);
     assert_eq!(
         handler

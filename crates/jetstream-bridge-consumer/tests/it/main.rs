@@ -188,7 +188,7 @@ impl Env {
     }
 
     pub(crate) async fn effects(&self) -> i64 {
-        count(&self.db, "SELECT count(*) AS n FROM effects").await
+        self.db.count("SELECT count(*) AS n FROM effects").await
     }
 
     pub(crate) async fn teardown(self) {
@@ -201,12 +201,6 @@ impl Env {
 pub(crate) struct N {
     #[diesel(sql_type = BigInt)]
     pub(crate) n: i64,
-}
-
-pub(crate) async fn count(db: &TestDb, sql: &str) -> i64 {
-    let mut conn = db.pool().get().await.unwrap();
-    let n: N = diesel::sql_query(sql).get_result(&mut *conn).await.unwrap();
-    n.n
 }
 
 /// An envelope from the `orders` producer.

@@ -7,7 +7,7 @@ use diesel::sql_types::BigInt;
 use diesel::QueryableByName;
 use diesel_async::RunQueryDsl;
 
-use crate::{count, envelope, wait, Behaviour, Env, TestHandler};
+use crate::{envelope, wait, Behaviour, Env, TestHandler};
 
 /// Shutdown during a batch: in-flight messages finish and are acked, unstarted ones are
 /// released, and a second consumer processes the rest; every event's effects exactly once.
@@ -49,7 +49,9 @@ async fn shutdown_mid_batch_loses_nothing() {
     assert_eq!(first + second.stats.processed, 10, "{second:?}");
     assert_eq!(env.effects().await, 10);
     assert_eq!(
-        count(&env.db, "SELECT count(DISTINCT event_id) AS n FROM effects").await,
+        env.db
+            .count("SELECT count(DISTINCT event_id) AS n FROM effects")
+            .await,
         10
     );
     env.wait_stream_drained().await;

@@ -19,9 +19,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::Context;
-use diesel::sql_types::BigInt;
-use diesel::QueryableByName;
-use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
+use diesel_async::SimpleAsyncConnection;
 use futures_util::{StreamExt, TryStreamExt};
 use jetstream_bridge_config::{Config, MSG_ID_HEADER};
 use jetstream_bridge_faults::{vars, ATTEMPTS_DDL, EFFECTS_DDL};
@@ -245,7 +243,7 @@ impl Scenario {
     }
 
     pub(crate) async fn count(&self, sql: &str) -> i64 {
-        count(&self.db, sql).await
+        self.db.count(sql).await
     }
 
     /// Outbox rows marked sent.
@@ -409,18 +407,6 @@ impl Drop for Worker {
     fn drop(&mut self) {
         self.kill9();
     }
-}
-
-#[derive(QueryableByName)]
-struct N {
-    #[diesel(sql_type = BigInt)]
-    n: i64,
-}
-
-pub(crate) async fn count(db: &TestDb, sql: &str) -> i64 {
-    let mut conn = db.pool().get().await.unwrap();
-    let n: N = diesel::sql_query(sql).get_result(&mut *conn).await.unwrap();
-    n.n
 }
 
 /// Distinct ids in `stream_ids`, and how many entries repeat one.
