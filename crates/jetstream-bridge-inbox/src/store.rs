@@ -7,9 +7,42 @@ use diesel::sql_types::{Array, BigInt, Integer, Jsonb, Nullable, Text};
 use diesel::QueryableByName;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use jetstream_bridge_config::Envelope;
+use jetstream_bridge_pg::prepared;
 use serde_json::Value;
 
 use crate::error::{InboxError, InboxErrorKind, Result};
+
+/// The single-event upsert (`Inbox::record`, `Inbox::record_processed`) writing `$status` with
+/// `processed_at = $processed_at`: fixed texts, so each connection prepares them once.
+macro_rules! upsert_sql {
+    ($status:literal, $processed_at:literal) => {
+        concat!(
+            "INSERT INTO jetstream_inbox_events AS i \
+               (event_id, event_type, resource_type, resource_id, payload, subject, headers, \
+                stream, stream_seq, deliveries, status, processing_attempts, processed_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, \
+               CASE WHEN EXISTS (SELECT 1 FROM jetstream_inbox_events o \
+                                 WHERE o.stream = $8 AND o.stream_seq = $9 AND o.event_id <> $1) \
+                    THEN NULL ELSE $9 END, \
+               $10, '", $status, "', 1, ", $processed_at, ") \
+             ON CONFLICT (event_id) DO UPDATE SET \
+               status = '", $status, "', \
+               error_message = CASE WHEN '", $status, "' = 'processed' THEN NULL \
+                                    ELSE i.error_message END, \
+               processing_attempts = i.processing_attempts + 1, \
+               deliveries = EXCLUDED.deliveries, \
+               subject = coalesce(EXCLUDED.subject, i.subject), \
+               headers = EXCLUDED.headers, \
+               processed_at = EXCLUDED.processed_at, \
+               updated_at = now() \
+             WHERE i.status <> 'processed' \
+             RETURNING i.id"
+        )
+    };
+}
+
+const UPSERT_PROCESSING: &str = upsert_sql!("processing", "NULL");
+const UPSERT_PROCESSED: &str = upsert_sql!("processed", "now()");
 
 /// One received event as the inbox stores it (a wire struct: public fields, one per column).
 #[derive(Debug, Clone, PartialEq)]
@@ -201,7 +234,7 @@ impl Inbox {
         conn: &mut AsyncPgConnection,
         entry: &InboxEntry,
     ) -> Result<Recorded> {
-        self.upsert(conn, entry, "processing", "NULL").await
+        self.upsert(conn, entry, UPSERT_PROCESSING).await
     }
 
     /// [`record`](Self::record) and [`mark_processed`](Self::mark_processed) in one statement:
@@ -223,7 +256,7 @@ impl Inbox {
         conn: &mut AsyncPgConnection,
         entry: &InboxEntry,
     ) -> Result<Recorded> {
-        self.upsert(conn, entry, "processed", "now()").await
+        self.upsert(conn, entry, UPSERT_PROCESSED).await
     }
 
     /// [`record_processed`](Self::record_processed) for many entries in **one** statement
@@ -277,7 +310,7 @@ impl Inbox {
             .clone()
             .map(InboxEntry::stream_seq_i64)
             .collect::<Result<Vec<_>>>()?;
-        let claimed: Vec<Claimed> = diesel::sql_query(
+        let claimed: Vec<Claimed> = prepared(
             "INSERT INTO jetstream_inbox_events AS i \
                (event_id, event_type, resource_type, resource_id, payload, subject, headers, \
                 stream, stream_seq, deliveries, status, processing_attempts, processed_at) \
@@ -362,32 +395,9 @@ impl Inbox {
         &self,
         conn: &mut AsyncPgConnection,
         entry: &InboxEntry,
-        status: &str,
-        processed_at: &str,
+        sql: &'static str,
     ) -> Result<Recorded> {
-        let sql = format!(
-            "INSERT INTO jetstream_inbox_events AS i \
-               (event_id, event_type, resource_type, resource_id, payload, subject, headers, \
-                stream, stream_seq, deliveries, status, processing_attempts, processed_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, \
-               CASE WHEN EXISTS (SELECT 1 FROM jetstream_inbox_events o \
-                                 WHERE o.stream = $8 AND o.stream_seq = $9 AND o.event_id <> $1) \
-                    THEN NULL ELSE $9 END, \
-               $10, '{status}', 1, {processed_at}) \
-             ON CONFLICT (event_id) DO UPDATE SET \
-               status = '{status}', \
-               error_message = CASE WHEN '{status}' = 'processed' THEN NULL \
-                                    ELSE i.error_message END, \
-               processing_attempts = i.processing_attempts + 1, \
-               deliveries = EXCLUDED.deliveries, \
-               subject = coalesce(EXCLUDED.subject, i.subject), \
-               headers = EXCLUDED.headers, \
-               processed_at = EXCLUDED.processed_at, \
-               updated_at = now() \
-             WHERE i.status <> 'processed' \
-             RETURNING i.id"
-        );
-        let rows: Vec<Id> = diesel::sql_query(sql)
+        let rows: Vec<Id> = prepared(sql)
             .bind::<Text, _>(&entry.event_id)
             .bind::<Text, _>(&entry.event_type)
             .bind::<Nullable<Text>, _>(entry.resource_type.as_deref())
@@ -424,7 +434,7 @@ impl Inbox {
     ///
     /// As [`record`](Self::record).
     pub async fn mark_processed(&self, conn: &mut AsyncPgConnection, event_id: &str) -> Result<()> {
-        diesel::sql_query(
+        prepared(
             "UPDATE jetstream_inbox_events SET status = 'processed', processed_at = now(), \
              error_message = NULL, updated_at = now() WHERE event_id = $1",
         )
@@ -452,7 +462,7 @@ impl Inbox {
         entry: &InboxEntry,
         error: &str,
     ) -> Result<()> {
-        diesel::sql_query(
+        prepared(
             "INSERT INTO jetstream_inbox_events AS i \
                (event_id, event_type, resource_type, resource_id, payload, subject, headers, \
                 stream, stream_seq, deliveries, status, processing_attempts, error_message, \

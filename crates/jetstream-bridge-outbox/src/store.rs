@@ -11,6 +11,7 @@ use diesel::sql_types::{Array, BigInt, Double, Json, Jsonb, Nullable, Text};
 use diesel::{Insertable, QueryableByName};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use jetstream_bridge_config::{Config, EventId};
+use jetstream_bridge_pg::prepared as statement;
 use serde_json::Value;
 
 use crate::error::{BoxError, OutboxError, OutboxErrorKind, Result};
@@ -207,7 +208,7 @@ impl Outbox {
         let event_id = prepared.event_id.clone();
         let row = NewRow::from_prepared(prepared)?;
         let inserted = if self.ordered {
-            diesel::sql_query(INSERT_ORDERED_SQL)
+            statement(INSERT_ORDERED_SQL)
                 .bind::<Text, _>(&row.event_id)
                 .bind::<Text, _>(&row.subject)
                 .bind::<Json, _>(&row.payload)
@@ -253,7 +254,7 @@ impl Outbox {
         }
         if self.ordered && !rows.is_empty() {
             let keys: Vec<&str> = rows.iter().map(|r| r.ordering_key.as_str()).collect();
-            diesel::sql_query(LOCK_KEYS_SQL)
+            statement(LOCK_KEYS_SQL)
                 .bind::<Array<Text>, _>(keys)
                 .execute(conn)
                 .await

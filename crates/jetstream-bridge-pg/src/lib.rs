@@ -7,6 +7,8 @@
 //!   it against a message or an event) or belongs to the statement.
 //! - [`Pool`] / [`pool`]: the connection pool type the runtime crates take.
 //! - [`delete_in_batches`]: batched retention for the outbox and the inbox.
+//! - [`prepared`] / [`Prepared`]: fixed-text statements each connection prepares once (the
+//!   runtime's hot statements; `diesel::sql_query` prepares and plans on every execution).
 //!
 //! See the [architecture guide](https://github.com/jetstream-bridge/jetstream-bridge/blob/main/docs/ARCHITECTURE.md).
 
@@ -16,6 +18,7 @@
 mod error;
 mod migrate;
 mod pool;
+mod prepared;
 mod retention;
 
 pub use error::{classify, DbErrorClass, PgError, PgErrorKind, Result};
@@ -23,4 +26,5 @@ pub use migrate::{
     Component, Migration, MigrationState, MigrationStatus, Migrator, UnknownComponent, MIGRATIONS,
 };
 pub use pool::{pool, pool_error, Pool, PoolError, PooledConnection};
+pub use prepared::{prepared, Binds, Bound, Prepared};
 pub use retention::{delete_in_batches, Retention};

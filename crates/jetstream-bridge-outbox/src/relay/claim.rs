@@ -5,6 +5,7 @@ use std::sync::atomic::Ordering;
 
 use diesel::sql_types::{Array, BigInt, Double, Text};
 use diesel_async::RunQueryDsl;
+use jetstream_bridge_pg::prepared;
 use tokio::time::Instant;
 
 use super::sql::{self, ClaimedRow, IdRow};
@@ -51,7 +52,7 @@ impl Inner {
         };
         let claimed = {
             let mut conn = self.claim_conn.get(&self.pool).await?;
-            diesel::sql_query(statement)
+            prepared(statement)
                 .bind::<Double, _>(lease)
                 .bind::<Text, _>(&token)
                 .bind::<BigInt, _>(limit)
@@ -81,7 +82,7 @@ impl Inner {
         let lease = self.settings.lease.as_secs_f64();
         let result = async {
             let mut conn = self.conn().await?;
-            diesel::sql_query(sql::RENEW)
+            prepared(sql::RENEW)
                 .bind::<Double, _>(lease)
                 .bind::<Array<BigInt>, _>(batch.ids())
                 .bind::<Text, _>(&batch.token)

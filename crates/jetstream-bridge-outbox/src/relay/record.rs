@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use diesel::sql_types::{Array, BigInt, Double, Integer, Text};
 use diesel_async::RunQueryDsl;
+use jetstream_bridge_pg::prepared;
 use tokio::time::Instant;
 
 use super::claim::Batch;
@@ -54,7 +55,7 @@ impl Inner {
             .retry_db(batch, |mut conn| {
                 let ids = ids.clone();
                 async move {
-                    diesel::sql_query(sql::MARK_SENT)
+                    prepared(sql::MARK_SENT)
                         .bind::<Array<BigInt>, _>(ids)
                         .bind::<Text, _>(&batch.token)
                         .execute(&mut *conn)
@@ -86,7 +87,7 @@ impl Inner {
             .retry_db(batch, |mut conn| {
                 let (ids, errs, delays) = (ids.clone(), errs.clone(), delays.clone());
                 async move {
-                    diesel::sql_query(sql::MARK_FAILED)
+                    prepared(sql::MARK_FAILED)
                         .bind::<Array<BigInt>, _>(ids)
                         .bind::<Array<Text>, _>(errs)
                         .bind::<Array<Double>, _>(delays)
@@ -113,7 +114,7 @@ impl Inner {
         self.retry_db(batch, |mut conn| {
             let ids = ids.clone();
             async move {
-                diesel::sql_query(sql::RELEASE)
+                prepared(sql::RELEASE)
                     .bind::<Array<BigInt>, _>(ids)
                     .bind::<Text, _>(&batch.token)
                     .bind::<Double, _>(delay)

@@ -4,6 +4,7 @@
 
 mod migrate;
 mod plumbing;
+mod prepared;
 
 use diesel::sql_types::{BigInt, Text};
 use diesel::QueryableByName;
