@@ -288,12 +288,11 @@ impl Fixture {
             let (id, body) = envelope(i)?;
             let mut headers = async_nats::HeaderMap::new();
             headers.insert(MSG_ID_HEADER, id.as_str());
-            acks.push(
-                self.js
-                    .publish_with_headers(self.subject.clone(), headers, body.into())
-                    .await?
-                    .into_future(),
-            );
+            let ack = self
+                .js
+                .publish_with_headers(self.subject.clone(), headers, body.into())
+                .await?;
+            acks.push(ack.into_future());
             if acks.len() >= 1000 {
                 if let Some(ack) = acks.next().await {
                     ack?;
