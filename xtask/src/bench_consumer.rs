@@ -112,7 +112,8 @@ pub(super) async fn with_inbox(args: &Args, fx: &Fixture) -> anyhow::Result<Scen
                 );
                 row.extend([base, ours, base_cpu, ours_cpu]);
             }
-            let (raw_batch, raw_batch_cpu) = raw_batch_run(fx, count, Dedupe::Inbox, counts).await?;
+            let (raw_batch, raw_batch_cpu) =
+                raw_batch_run(fx, count, Dedupe::Inbox, counts).await?;
             progress!(
                 "  raw batch: pull + one txn per pull (inbox table) + acks{l}: \
                  {raw_batch:.0} msg/s, {raw_batch_cpu:.1} µs CPU/msg"
@@ -537,7 +538,8 @@ async fn raw_batch_run(
                         Some((name.to_string(), value.into()))
                     })
                     .collect();
-                c.headers.push(serde_json::Value::Object(headers).to_string());
+                c.headers
+                    .push(serde_json::Value::Object(headers).to_string());
                 c.stream_seqs.push(i64::try_from(info.stream_sequence)?);
                 c.deliveries.push(i32::try_from(info.delivered)?);
             }

@@ -49,7 +49,9 @@ fn main() -> anyhow::Result<()> {
         Command::Test(args) => test::run(args),
         Command::Migrate(args) => runtime.block_on(migrate::run(args)),
         Command::OutboxRetention(args) => runtime.block_on(migrate::retention(args)),
-        Command::Bench(args) => runtime.block_on(async move { tokio::spawn(bench::run(args)).await? }),
+        Command::Bench(args) => {
+            runtime.block_on(async move { tokio::spawn(bench::run(args)).await? })
+        }
         Command::EnsureTopology(args) => runtime.block_on(ensure_topology::run(args)),
         Command::BenchPart => runtime.block_on(bench::part()),
     }

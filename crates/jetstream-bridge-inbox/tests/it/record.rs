@@ -391,3 +391,45 @@ async fn batch_claim_cost() {
     drop(conn);
     db.teardown().await;
 }
+
+/// The inbox's statements are prepared once per connection and reused (named statements in
+/// `pg_prepared_statements`), not parsed and planned on every call.
+#[tokio::test(flavor = "multi_thread")]
+async fn inbox_statements_are_prepared_once_per_connection() {
+    #[derive(QueryableByName)]
+    struct N {
+        #[diesel(sql_type = BigInt)]
+        n: i64,
+    }
+    let db = TestDb::new().await;
+    let inbox = Inbox::new();
+    let mut conn = db.conn().await;
+    for seq in 1..=3 {
+        let _ = inbox
+            .record_processed(&mut conn, &entry(100 + seq))
+            .await
+            .unwrap();
+        let _ = inbox
+            .record_processed_batch(&mut conn, &[entry(200 + seq), entry(300 + seq)])
+            .await
+            .unwrap();
+        inbox
+            .record_failure(&mut conn, &entry(400 + seq), "boom")
+            .await
+            .unwrap();
+    }
+    let prepared: N = diesel::sql_query(
+        "SELECT count(*) AS n FROM pg_prepared_statements \
+         WHERE statement LIKE 'INSERT INTO jetstream_inbox' || '_events%'",
+    )
+    .get_result(&mut conn)
+    .await
+    .unwrap();
+    // One each: the single-event claim, the batch claim, the failure record.
+    assert_eq!(prepared.n, 3);
+    assert_eq!(
+        db.count("SELECT count(*) AS n FROM jetstream_inbox_events")
+            .await,
+        12
+    );
+}
