@@ -12,6 +12,21 @@ use serde_json::Value;
 
 use crate::error::{InboxError, InboxErrorKind, Result};
 
+/// The rest of a claim's `ON CONFLICT (event_id) DO UPDATE SET` (after `status` and
+/// `error_message`): one more attempt, the delivery's metadata, and only while the row is not
+/// processed yet.
+macro_rules! claim_again {
+    () => {
+        "processing_attempts = i.processing_attempts + 1, \
+         deliveries = EXCLUDED.deliveries, \
+         subject = coalesce(EXCLUDED.subject, i.subject), \
+         headers = EXCLUDED.headers, \
+         processed_at = EXCLUDED.processed_at, \
+         updated_at = now() \
+         WHERE i.status <> 'processed'"
+    };
+}
+
 /// The single-event upsert (`Inbox::record`, `Inbox::record_processed`) writing `$status` with
 /// `processed_at = $processed_at`: fixed texts, so each connection prepares them once.
 macro_rules! upsert_sql {
@@ -28,15 +43,9 @@ macro_rules! upsert_sql {
              ON CONFLICT (event_id) DO UPDATE SET \
                status = '", $status, "', \
                error_message = CASE WHEN '", $status, "' = 'processed' THEN NULL \
-                                    ELSE i.error_message END, \
-               processing_attempts = i.processing_attempts + 1, \
-               deliveries = EXCLUDED.deliveries, \
-               subject = coalesce(EXCLUDED.subject, i.subject), \
-               headers = EXCLUDED.headers, \
-               processed_at = EXCLUDED.processed_at, \
-               updated_at = now() \
-             WHERE i.status <> 'processed' \
-             RETURNING i.id"
+                                    ELSE i.error_message END, ",
+            claim_again!(),
+            " RETURNING i.id"
         )
     };
 }
@@ -310,7 +319,7 @@ impl Inbox {
             .clone()
             .map(InboxEntry::stream_seq_i64)
             .collect::<Result<Vec<_>>>()?;
-        let claimed: Vec<Claimed> = prepared(
+        let claimed: Vec<Claimed> = prepared(concat!(
             "INSERT INTO jetstream_inbox_events AS i \
                (event_id, event_type, resource_type, resource_id, payload, subject, headers, \
                 stream, stream_seq, deliveries, status, processing_attempts, processed_at) \
@@ -328,16 +337,10 @@ impl Inbox {
              ORDER BY u.ord \
              ON CONFLICT (event_id) DO UPDATE SET \
                status = 'processed', \
-               error_message = NULL, \
-               processing_attempts = i.processing_attempts + 1, \
-               deliveries = EXCLUDED.deliveries, \
-               subject = coalesce(EXCLUDED.subject, i.subject), \
-               headers = EXCLUDED.headers, \
-               processed_at = EXCLUDED.processed_at, \
-               updated_at = now() \
-             WHERE i.status <> 'processed' \
-             RETURNING i.event_id",
-        )
+               error_message = NULL, ",
+            claim_again!(),
+            " RETURNING i.event_id"
+        ))
         .bind::<Array<Text>, _>(
             rows.clone()
                 .map(|e| e.event_id.as_str())
