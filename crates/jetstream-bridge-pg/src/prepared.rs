@@ -20,9 +20,10 @@ use diesel::sql_types::{HasSqlType, Untyped};
 /// with diesel-async's `RunQueryDsl` (`execute`, `load`, `get_result`); rows load into
 /// `QueryableByName` types.
 ///
-/// The text may use a placeholder more than once and in any order; it must not contain `$`
-/// anywhere else (no dollar quoting, no `$` in literals or identifiers): a `$` not followed by
-/// the number of a bound value fails the statement with
+/// The text may use a placeholder more than once and in any order, and must use every bound
+/// value; it must not contain `$` anywhere else (no dollar quoting, no `$` in literals or
+/// identifiers): a `$` not followed by the number of a bound value, or a value the text never
+/// uses, fails the statement with
 /// [`QueryBuilderError`](diesel::result::Error::QueryBuilderError) before it reaches the server.
 ///
 /// ```
@@ -125,6 +126,9 @@ impl<B: Binds> QueryFragment<Pg> for Prepared<B> {
     /// parameters in order of appearance, so a placeholder used twice becomes two parameters
     /// with the same value, and the statement means what the text says.
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        // Which values the text used: one never used is a mistake the server would have
+        // caught (a parameter count mismatch) had the text been sent as written.
+        let mut used = vec![false; B::LEN];
         let mut rest = self.sql;
         while let Some(at) = rest.find('$') {
             out.push_sql(&rest[..at]);
@@ -142,10 +146,18 @@ impl<B: Binds> QueryFragment<Pg> for Prepared<B> {
                 ));
             }
             self.binds.push(n, &mut out)?;
+            if let Some(u) = used.get_mut(n - 1) {
+                *u = true;
+            }
             rest = &after[digits..];
         }
         out.push_sql(rest);
-        Ok(())
+        match used.iter().position(|u| !u) {
+            Some(i) => Err(Error::QueryBuilderError(
+                format!("value {} is bound but the text has no ${}", i + 1, i + 1).into(),
+            )),
+            None => Ok(()),
+        }
     }
 }
 

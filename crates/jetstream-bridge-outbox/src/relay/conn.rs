@@ -10,6 +10,9 @@
 //!   lost claim were not marked, so they are published again whether their lease survived or
 //!   not (JetStream deduplicates them), as after a relay crash between publish and mark.
 //! - Unordered claims: `enable_sort = off` (why: see `Inner::claim`).
+//! - Claims: `plan_cache_mode = force_custom_plan`: the claim is a prepared statement (parsed
+//!   once per connection), but planned with each execution's values (its `LIMIT` and the muted
+//!   subjects), never with a generic plan PostgreSQL might switch to after a few executions.
 //! - Bookkeeping keeps `synchronous_commit` as configured: a mark, once counted, stays.
 
 use diesel_async::pooled_connection::deadpool::Object;
@@ -36,8 +39,10 @@ impl OwnConn {
     /// The claim connection: asynchronous commit; `enable_sort = off` unless `ordered` (the
     /// ordered claim sorts by key).
     pub(super) fn claims(ordered: bool) -> Self {
-        let mut setup =
-            format!("SET application_name = '{APPLICATION_NAME}'; SET synchronous_commit = off");
+        let mut setup = format!(
+            "SET application_name = '{APPLICATION_NAME}'; SET synchronous_commit = off; \
+             SET plan_cache_mode = force_custom_plan"
+        );
         if !ordered {
             setup.push_str("; SET enable_sort = off");
         }
