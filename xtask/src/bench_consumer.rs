@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail};
 use diesel::sql_types::{Array, BigInt, Integer, Text};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use jetstream_bridge_pg::prepared;
 use futures_util::TryStreamExt as _;
 use jetstream_bridge_config::{Config, Envelope};
 use jetstream_bridge_consumer::{
@@ -38,7 +39,7 @@ impl InboxHandler for Insert {
         event: &Event,
         conn: &mut AsyncPgConnection,
     ) -> Result<(), HandlerError> {
-        diesel::sql_query("INSERT INTO effects (event_id) VALUES ($1)")
+        prepared("INSERT INTO effects (event_id) VALUES ($1)")
             .bind::<Text, _>(event.envelope.event_id.as_str())
             .execute(conn)
             .await?;
@@ -60,7 +61,7 @@ impl InboxBatchHandler for InsertBatch {
             .iter()
             .map(|e| e.envelope.event_id.as_str())
             .collect();
-        diesel::sql_query("INSERT INTO effects (event_id) SELECT unnest($1::text[])")
+        prepared("INSERT INTO effects (event_id) SELECT unnest($1::text[])")
             .bind::<Array<Text>, _>(ids)
             .execute(conn)
             .await?;
@@ -364,7 +365,8 @@ async fn until_processed(handle: &ConsumerHandle, count: usize) -> anyhow::Resul
     }
 }
 
-/// The baseline: a competent hand-written loop. Pull up to [`PULL`] messages, handle them with
+/// The baseline: a competent hand-written loop (its statements prepared once per connection,
+/// as the runtime's are). Pull up to [`PULL`] messages, handle them with
 /// up to `concurrency` at once — with the inbox: a pooled connection, one transaction with
 /// `INSERT … ON CONFLICT DO NOTHING` into a dedupe table and (when new) the business row —
 /// ack each, pull again.
@@ -400,7 +402,7 @@ async fn raw_run(
                         let id = envelope.event_id.as_str();
                         let mut conn = fx.pool.get().await?;
                         conn.transaction::<(), diesel::result::Error, _>(async |conn| {
-                            let fresh = diesel::sql_query(
+                            let fresh = prepared(
                                 "INSERT INTO naive_seen (event_id) VALUES ($1) \
                                  ON CONFLICT DO NOTHING",
                             )
@@ -408,7 +410,7 @@ async fn raw_run(
                             .execute(conn)
                             .await?;
                             if fresh == 1 {
-                                diesel::sql_query("INSERT INTO effects (event_id) VALUES ($1)")
+                                prepared("INSERT INTO effects (event_id) VALUES ($1)")
                                     .bind::<Text, _>(id)
                                     .execute(conn)
                                     .await?;
@@ -548,7 +550,7 @@ async fn raw_batch_run(
         conn.transaction::<(), diesel::result::Error, _>(async |conn| {
             let fresh: Vec<Fresh> = match dedupe {
                 Dedupe::Lean => {
-                    diesel::sql_query(
+                    prepared(
                         "INSERT INTO naive_seen (event_id) SELECT unnest($1::text[]) \
                          ON CONFLICT DO NOTHING RETURNING event_id",
                     )
@@ -557,7 +559,7 @@ async fn raw_batch_run(
                     .await?
                 }
                 Dedupe::Inbox => {
-                    diesel::sql_query(
+                    prepared(
                         "INSERT INTO jetstream_inbox_events \
                            (event_id, event_type, resource_type, resource_id, payload, subject, \
                             headers, stream, stream_seq, deliveries, status, \
@@ -585,7 +587,7 @@ async fn raw_batch_run(
                 }
             };
             let fresh: Vec<&str> = fresh.iter().map(|f| f.event_id.as_str()).collect();
-            diesel::sql_query("INSERT INTO effects (event_id) SELECT unnest($1::text[])")
+            prepared("INSERT INTO effects (event_id) SELECT unnest($1::text[])")
                 .bind::<Array<Text>, _>(fresh)
                 .execute(conn)
                 .await?;

@@ -8,6 +8,7 @@ use async_nats::HeaderMap;
 use diesel::sql_types::{Array, BigInt, Text};
 use diesel::QueryableByName;
 use diesel_async::RunQueryDsl;
+use jetstream_bridge_pg::prepared;
 use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt as _;
 use jetstream_bridge_config::MSG_ID_HEADER;
@@ -108,11 +109,12 @@ struct Row {
 
 /// The baseline: what a competent hand-written relay does with the raw clients. Claim 500
 /// rows with `FOR UPDATE SKIP LOCKED`, publish them with a sliding window of PubAcks in flight
-/// and `Nats-Msg-Id`, mark them sent with one `UPDATE … = ANY`; until nothing is left.
+/// and `Nats-Msg-Id`, mark them sent with one `UPDATE … = ANY`; until nothing is left. Its
+/// statements are prepared once on its connection, as the relay's are.
 async fn naive_relay(pool: &PgPool, js: &jetstream::Context) -> anyhow::Result<()> {
     let mut conn = pool.get().await?;
     loop {
-        let rows: Vec<Row> = diesel::sql_query(
+        let rows: Vec<Row> = prepared(
             "UPDATE jetstream_outbox_events o SET status = 'publishing', \
                claimed_until = now() + interval '30 seconds', updated_at = now() \
              FROM (SELECT id FROM jetstream_outbox_events WHERE status = 'pending' \
@@ -143,7 +145,7 @@ async fn naive_relay(pool: &PgPool, js: &jetstream::Context) -> anyhow::Result<(
             ack?;
         }
         let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
-        diesel::sql_query(
+        prepared(
             "UPDATE jetstream_outbox_events SET status = 'sent', sent_at = now(), \
                updated_at = now(), claimed_until = NULL WHERE id = ANY($1)",
         )

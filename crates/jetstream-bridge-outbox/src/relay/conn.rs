@@ -10,9 +10,11 @@
 //!   lost claim were not marked, so they are published again whether their lease survived or
 //!   not (JetStream deduplicates them), as after a relay crash between publish and mark.
 //! - Unordered claims: `enable_sort = off` (why: see `Inner::claim`).
-//! - Claims: `plan_cache_mode = force_custom_plan`: the claim is a prepared statement (parsed
-//!   once per connection), but planned with each execution's values (its `LIMIT` and the muted
-//!   subjects), never with a generic plan PostgreSQL might switch to after a few executions.
+//! - Ordered claims: `plan_cache_mode = force_custom_plan`: the claim is a prepared statement
+//!   (parsed once per connection) but planned with each execution's values, never with a
+//!   generic plan PostgreSQL might switch to after a few executions, because whether to sort
+//!   by key depends on them. The unordered claim keeps cached plans: with `enable_sort = off`
+//!   every plan of it walks `idx_outbox_claim` in id order.
 //! - Bookkeeping keeps `synchronous_commit` as configured: a mark, once counted, stays.
 
 use diesel_async::pooled_connection::deadpool::Object;
@@ -37,15 +39,15 @@ pub(super) struct OwnConn {
 
 impl OwnConn {
     /// The claim connection: asynchronous commit; `enable_sort = off` unless `ordered` (the
-    /// ordered claim sorts by key).
+    /// ordered claim sorts by key, and is planned per execution instead).
     pub(super) fn claims(ordered: bool) -> Self {
-        let mut setup = format!(
-            "SET application_name = '{APPLICATION_NAME}'; SET synchronous_commit = off; \
-             SET plan_cache_mode = force_custom_plan"
-        );
-        if !ordered {
-            setup.push_str("; SET enable_sort = off");
-        }
+        let mut setup =
+            format!("SET application_name = '{APPLICATION_NAME}'; SET synchronous_commit = off");
+        setup.push_str(if ordered {
+            "; SET plan_cache_mode = force_custom_plan"
+        } else {
+            "; SET enable_sort = off"
+        });
         Self::with_setup(setup)
     }
 
