@@ -11,12 +11,12 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail};
 use diesel::sql_types::{Array, BigInt, Integer, Text};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
-use jetstream_bridge_pg::prepared;
 use futures_util::TryStreamExt as _;
 use jetstream_bridge_config::{Config, Envelope};
 use jetstream_bridge_consumer::{
     Consumer, ConsumerHandle, Event, Handler, HandlerError, InboxBatchHandler, InboxHandler,
 };
+use jetstream_bridge_pg::prepared;
 use jetstream_bridge_topology::bind_pull_consumer;
 
 use super::bench_fixture::Fixture;

@@ -8,11 +8,11 @@ use async_nats::HeaderMap;
 use diesel::sql_types::{Array, BigInt, Text};
 use diesel::QueryableByName;
 use diesel_async::RunQueryDsl;
-use jetstream_bridge_pg::prepared;
 use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt as _;
 use jetstream_bridge_config::MSG_ID_HEADER;
 use jetstream_bridge_outbox::Relay;
+use jetstream_bridge_pg::prepared;
 
 use super::bench_fixture::{envelope, Fixture, PgPool};
 use super::{label, progress, repeat, Args, Check, Cmp, Counts, Measurement, Scenario};

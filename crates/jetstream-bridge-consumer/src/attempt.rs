@@ -404,7 +404,7 @@ impl Drop for TxConn {
 
 pub(crate) fn inbox_entry(event: &Event) -> InboxEntry {
     let meta = &event.metadata;
-    InboxEntry::from_envelope(&event.envelope)
+    InboxEntry::from_body(&event.envelope, event.body.clone())
         .with_message(
             meta.subject.as_str(),
             meta.stream.as_str(),

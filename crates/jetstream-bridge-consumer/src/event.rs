@@ -11,6 +11,9 @@ pub struct Event {
     pub envelope: Envelope,
     /// Delivery metadata.
     pub metadata: Metadata,
+    /// The message body as received: the JSON text the envelope was parsed from (the inbox
+    /// stores it as the event's payload).
+    pub body: bytes::Bytes,
 }
 
 /// Where and how an event was delivered (from the message's ack subject and headers).
@@ -114,6 +117,7 @@ pub(crate) mod tests {
                 .build()
                 .unwrap(),
             metadata,
+            body: bytes::Bytes::new(),
         }
     }
 

@@ -99,6 +99,7 @@ impl<A: Apply> Processor<A> {
         let event = Event {
             envelope,
             metadata: meta,
+            body: message.payload.clone(),
         };
         // The handler runs in a child of the producer's trace, so events it enqueues or
         // publishes carry the same trace id on to the next service.
@@ -302,6 +303,7 @@ impl<A: BatchApply> Processor<A> {
                     events.push(Event {
                         envelope,
                         metadata: meta,
+                        body: message.payload.clone(),
                     });
                 }
                 // The single-message path dead-letters it (malformed_json), no inbox row.

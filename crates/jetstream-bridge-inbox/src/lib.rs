@@ -7,4 +7,4 @@ mod store;
 
 pub use admin::InboxSummary;
 pub use error::{InboxError, InboxErrorKind, Result};
-pub use store::{Inbox, InboxEntry, InboxStatus, Recorded};
+pub use store::{Inbox, InboxEntry, InboxPayload, InboxStatus, Recorded};

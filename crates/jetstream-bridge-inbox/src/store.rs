@@ -1,8 +1,12 @@
 //! [`Inbox`]: record, mark and prune rows of `jetstream_inbox_events`.
 
 use std::collections::HashSet;
+use std::io::Write as _;
 use std::time::Duration;
 
+use bytes::Bytes;
+use diesel::pg::Pg;
+use diesel::serialize::{self, IsNull, Output, ToSql};
 use diesel::sql_types::{Array, BigInt, Integer, Jsonb, Nullable, Text};
 use diesel::QueryableByName;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
@@ -65,8 +69,9 @@ pub struct InboxEntry {
     pub resource_type: Option<String>,
     /// The envelope's `resource_id`.
     pub resource_id: Option<String>,
-    /// The whole envelope as a JSON object.
-    pub payload: Value,
+    /// The whole envelope as a JSON object: the received body verbatim
+    /// ([`from_body`](Self::from_body), what the consumer runtime stores) or a value.
+    pub payload: InboxPayload,
     /// The subject the message arrived on.
     pub subject: Option<String>,
     /// The message headers as a JSON object (`{name: value}`).
@@ -80,12 +85,26 @@ pub struct InboxEntry {
 }
 
 impl InboxEntry {
-    /// An entry for `envelope` with no message metadata (set the public fields to add it).
+    /// An entry for `envelope` with no message metadata (set the public fields to add it); the
+    /// payload is the envelope's wire object, built as a JSON value.
     #[must_use]
     pub fn from_envelope(envelope: &Envelope) -> Self {
         // The same object as the wire body (`Envelope`'s `Serialize` writes the wire fields),
         // built directly rather than written and parsed again.
         let payload = serde_json::to_value(envelope).unwrap_or(Value::Null);
+        Self::with_payload(envelope, InboxPayload::Value(payload))
+    }
+
+    /// An entry for `envelope` as received in the message body `body` (the JSON text the
+    /// envelope was parsed from), with no message metadata. The payload column gets the body
+    /// itself, parsed by PostgreSQL: every field the producer sent, as the Ruby gem stores it,
+    /// and no JSON value built and written again per event.
+    #[must_use]
+    pub fn from_body(envelope: &Envelope, body: impl Into<Bytes>) -> Self {
+        Self::with_payload(envelope, InboxPayload::Json(body.into()))
+    }
+
+    fn with_payload(envelope: &Envelope, payload: InboxPayload) -> Self {
         Self {
             event_id: envelope.event_id.as_str().to_owned(),
             event_type: envelope.event_type.clone(),
@@ -152,6 +171,47 @@ impl InboxEntry {
     fn deliveries_i32(&self) -> Option<i32> {
         self.deliveries
             .map(|d| i32::try_from(d).unwrap_or(i32::MAX))
+    }
+}
+
+/// What an [`InboxEntry`] stores in the `payload` column (`jsonb`).
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum InboxPayload {
+    /// A JSON value, written as JSON text when stored.
+    Value(Value),
+    /// JSON text (a received message body), sent as it is: PostgreSQL parses it, and rejects
+    /// the statement if it is not JSON.
+    Json(Bytes),
+}
+
+impl From<Value> for InboxPayload {
+    fn from(value: Value) -> Self {
+        Self::Value(value)
+    }
+}
+
+impl InboxPayload {
+    /// The payload as a JSON value (parsing the text of [`Json`](Self::Json); `None` when
+    /// it is not JSON).
+    #[must_use]
+    pub fn to_value(&self) -> Option<Value> {
+        match self {
+            Self::Value(v) => Some(v.clone()),
+            Self::Json(text) => serde_json::from_slice(text).ok(),
+        }
+    }
+}
+
+impl ToSql<Jsonb, Pg> for InboxPayload {
+    fn to_sql<'b>(&'b self, out: &mut Output<'b, '_, Pg>) -> serialize::Result {
+        // jsonb's binary input: format version 1, then the JSON text.
+        out.write_all(&[1])?;
+        match self {
+            Self::Value(v) => serde_json::to_writer(out, v)?,
+            Self::Json(text) => out.write_all(text)?,
+        }
+        Ok(IsNull::No)
     }
 }
 
@@ -578,9 +638,13 @@ mod tests {
             .with_message("a.sync.b", "s", 42, 2)
             .with_headers([("nats-msg-id", "x"), ("nats-msg-id", "y")]);
         assert_eq!(entry.event_id, envelope.event_id.as_str());
-        assert_eq!(entry.payload["payload"]["id"], 7);
+        let payload = entry.payload.to_value().unwrap();
+        assert_eq!(payload["payload"]["id"], 7);
         let wire: Value = serde_json::from_slice(&envelope.to_vec()).unwrap();
-        assert_eq!(entry.payload, wire);
+        assert_eq!(payload, wire);
+        let received = InboxEntry::from_body(&envelope, envelope.to_vec());
+        assert_eq!(received.payload.to_value(), Some(wire));
+        assert_eq!(received.event_id, entry.event_id);
         assert_eq!(entry.headers, serde_json::json!({"nats-msg-id": "x"}));
         assert_eq!(entry.stream_seq_i64().unwrap(), Some(42));
         assert_eq!(entry.deliveries_i32(), Some(2));

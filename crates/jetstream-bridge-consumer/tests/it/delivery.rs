@@ -301,3 +301,40 @@ async fn short_pulls_end_on_time() {
     handle.shutdown().await.unwrap();
     env.teardown().await;
 }
+
+/// The inbox stores the body as received: a field the envelope does not model (a newer
+/// producer's, or the gem's) is kept in the payload column, and every envelope field is there.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_inbox_payload_is_the_received_body() {
+    let env = Env::new(|c| c).await;
+    let e = envelope(1);
+    let mut body: serde_json::Value = serde_json::from_slice(&e.to_vec()).unwrap();
+    body["x_extra"] = serde_json::json!({"big": 123456789012345678901234567890_u128.to_string()});
+    body["x_number"] = serde_json::Value::from(12345678901234567_i64);
+    let mut headers = HeaderMap::new();
+    headers.insert("nats-msg-id", e.event_id.as_str());
+    env.publish_raw(headers, serde_json::to_vec(&body).unwrap())
+        .await;
+    let handle = env
+        .consumer()
+        .handler(TestHandler::new(Behaviour::Succeed))
+        .build()
+        .unwrap()
+        .spawn();
+    wait(&handle, |s| s.processed >= 1).await;
+    handle.shutdown().await.unwrap();
+    let kept = env
+        .db
+        .count(&format!(
+            "SELECT count(*) AS n FROM jetstream_inbox_events WHERE event_id = '{}' \
+             AND payload->'x_extra'->>'big' = '123456789012345678901234567890' \
+             AND payload->>'x_number' = '12345678901234567' \
+             AND payload->>'event_type' = '{}' AND payload->'payload' = '{}'::jsonb",
+            e.event_id.as_str(),
+            e.event_type,
+            serde_json::to_string(&e.payload).unwrap()
+        ))
+        .await;
+    assert_eq!(kept, 1);
+    env.teardown().await;
+}
