@@ -26,5 +26,5 @@ pub use migrate::{
     Component, Migration, MigrationState, MigrationStatus, Migrator, UnknownComponent, MIGRATIONS,
 };
 pub use pool::{pool, pool_error, Pool, PoolError, PooledConnection};
-pub use prepared::{prepared, Binds, Bound, Prepared};
+pub use prepared::{prepared, Binds, Bound, Prepared, MAX_BINDS};
 pub use retention::{delete_in_batches, Retention};

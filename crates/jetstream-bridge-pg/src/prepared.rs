@@ -22,8 +22,8 @@ use diesel::sql_types::{HasSqlType, Untyped};
 ///
 /// The text may use a placeholder more than once and in any order, and must use every bound
 /// value; it must not contain `$` anywhere else (no dollar quoting, no `$` in literals or
-/// identifiers): a `$` not followed by the number of a bound value, or a value the text never
-/// uses, fails the statement with
+/// identifiers): a `$` not followed by the number of a bound value, a value the text never
+/// uses, or more than [`MAX_BINDS`] values, fails the statement with
 /// [`QueryBuilderError`](diesel::result::Error::QueryBuilderError) before it reaches the server.
 ///
 /// ```
@@ -121,14 +121,28 @@ where
     }
 }
 
+/// Values a [`Prepared`] statement takes at most (more fails the statement with
+/// `QueryBuilderError`; for a set of rows, bind arrays and `unnest` them).
+pub const MAX_BINDS: usize = 128;
+
 impl<B: Binds> QueryFragment<Pg> for Prepared<B> {
     /// The text with every `$n` replaced by a bind parameter holding value `n`: diesel numbers
     /// parameters in order of appearance, so a placeholder used twice becomes two parameters
     /// with the same value, and the statement means what the text says.
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
-        // Which values the text used: one never used is a mistake the server would have
-        // caught (a parameter count mismatch) had the text been sent as written.
-        let mut used = vec![false; B::LEN];
+        // Which values the text used (bit n - 1 for `$n`): one never used is a mistake the
+        // server would have caught (a parameter count mismatch) had the text been sent as
+        // written. A bit set, not a vector: this runs several times per execution.
+        if B::LEN > MAX_BINDS {
+            return Err(Error::QueryBuilderError(
+                format!(
+                    "{} values bound; a prepared statement takes at most {MAX_BINDS}",
+                    B::LEN
+                )
+                .into(),
+            ));
+        }
+        let mut used: u128 = 0;
         let mut rest = self.sql;
         while let Some(at) = rest.find('$') {
             out.push_sql(&rest[..at]);
@@ -146,13 +160,11 @@ impl<B: Binds> QueryFragment<Pg> for Prepared<B> {
                 ));
             }
             self.binds.push(n, &mut out)?;
-            if let Some(u) = used.get_mut(n - 1) {
-                *u = true;
-            }
+            used |= 1 << (n - 1);
             rest = &after[digits..];
         }
         out.push_sql(rest);
-        match used.iter().position(|u| !u) {
+        match (0..B::LEN).find(|i| used & (1 << i) == 0) {
             Some(i) => Err(Error::QueryBuilderError(
                 format!("value {} is bound but the text has no ${}", i + 1, i + 1).into(),
             )),
@@ -203,6 +215,8 @@ mod tests {
             "SELECT $",
             "SELECT $$x$$",
             "SELECT $a",
+            // The bound value is never used.
+            "SELECT 1",
         ] {
             let s = prepared(text).bind::<Integer, _>(1);
             let mut builder = diesel::pg::PgQueryBuilder::default();
