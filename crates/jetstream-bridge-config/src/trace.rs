@@ -112,8 +112,11 @@ impl TraceParent {
     }
 
     /// Runs `future` with `self` as the [current](Self::current) traceparent.
-    pub async fn scope<F: Future>(self, future: F) -> F::Output {
-        CURRENT.scope(self, future).await
+    ///
+    /// A plain function, not an `async fn`: the returned future holds `future` once (an
+    /// `async fn` would keep the argument and the scoped copy side by side).
+    pub fn scope<F: Future>(self, future: F) -> impl Future<Output = F::Output> {
+        CURRENT.scope(self, future)
     }
 }
 

@@ -8,11 +8,12 @@ use std::panic::AssertUnwindSafe;
 use async_nats::jetstream::Message;
 use diesel_async::pooled_connection::deadpool::{Object, Pool};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use futures_util::future::Either;
 use futures_util::FutureExt;
 use jetstream_bridge_inbox::{Inbox, InboxEntry, InboxError, Recorded};
 use tracing::{error, warn};
 
-use crate::event::Event;
+use crate::event::{metadata, Event};
 use crate::handler::{
     BatchHandler, Batched, Handler, HandlerError, InboxBatchHandler, InboxHandler,
 };
@@ -51,7 +52,7 @@ pub(crate) trait Apply: Send + Sync + Sized + 'static {
     fn process_many(p: &Processor<Self>, messages: &[Message]) -> impl Future<Output = ()> + Send {
         async move {
             for message in messages {
-                p.process(message).await;
+                p.process(message, metadata(message)).await;
             }
         }
     }
@@ -286,42 +287,49 @@ impl<A> Processor<A> {
 
     /// `work` under the per-message time limit (`handler_timeout`): a timeout is a
     /// retryable error of class `Timeout` (dropping `work` rolls its transaction back).
-    async fn limited<T>(
+    ///
+    /// This and [`catch_panic`](Self::catch_panic) wrap futures with combinators rather than
+    /// being `async fn`s: an `async fn` would hold its argument and the wrapped copy side by
+    /// side, doubling the size of every message's job at each layer.
+    fn limited<'a, T: 'a>(
         &self,
-        what: &str,
-        work: impl std::future::Future<Output = Result<T, HandlerError>>,
-    ) -> Result<T, HandlerError> {
+        what: &'static str,
+        work: impl Future<Output = Result<T, HandlerError>> + 'a,
+    ) -> impl Future<Output = Result<T, HandlerError>> + 'a {
         match self.handler_timeout {
-            Some(limit) => match tokio::time::timeout(limit, work).await {
-                Ok(out) => out,
-                Err(_) => Err(HandlerError::retry(format!(
-                    "{what} did not finish within {limit:?}"
-                ))
-                .with_class("Timeout")),
-            },
-            None => work.await,
+            Some(limit) => Either::Left(tokio::time::timeout(limit, work).map(move |out| {
+                out.unwrap_or_else(|_| {
+                    Err(
+                        HandlerError::retry(format!("{what} did not finish within {limit:?}"))
+                            .with_class("Timeout"),
+                    )
+                })
+            })),
+            None => Either::Right(work),
         }
     }
 
     /// Awaits `call`, turning a panic into a retryable error of class `Panic` (counted).
-    async fn catch_panic(
-        &self,
-        call: impl std::future::Future<Output = Result<(), HandlerError>>,
-        what: &str,
-    ) -> Result<(), HandlerError> {
-        match AssertUnwindSafe(call).catch_unwind().await {
-            Ok(result) => result,
-            Err(panic) => {
-                self.stats.update(|s| s.panics += 1);
-                let text = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| (*s).to_owned())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| format!("{what} panicked"));
-                error!(panic = %text, "{what} panicked");
-                Err(HandlerError::retry(format!("{what} panicked: {text}")).with_class("Panic"))
-            }
-        }
+    fn catch_panic<'a>(
+        &'a self,
+        call: impl Future<Output = Result<(), HandlerError>> + 'a,
+        what: &'static str,
+    ) -> impl Future<Output = Result<(), HandlerError>> + 'a {
+        AssertUnwindSafe(call)
+            .catch_unwind()
+            .map(move |out| out.unwrap_or_else(|panic| Err(self.panicked(&*panic, what))))
+    }
+
+    /// Counts and logs a caught panic of `what`; the retryable error it becomes.
+    fn panicked(&self, panic: &(dyn std::any::Any + Send), what: &str) -> HandlerError {
+        self.stats.update(|s| s.panics += 1);
+        let text = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| format!("{what} panicked"));
+        error!(panic = %text, "{what} panicked");
+        HandlerError::retry(format!("{what} panicked: {text}")).with_class("Panic")
     }
 }
 

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, warn};
 
 use crate::attempt::Apply;
+use crate::event::{metadata, Metadata};
 use crate::process::Processor;
 
 /// What one job processes: a message, or the messages of one pull request (batch mode).
@@ -27,14 +28,21 @@ use crate::process::Processor;
     reason = "moved once into its job; boxing would add an allocation per message"
 )]
 pub(crate) enum Work {
-    One(jetstream::Message),
+    /// A message with its metadata, read once when it arrived.
+    One(jetstream::Message, Metadata),
     Batch(Vec<jetstream::Message>),
 }
 
 impl Work {
+    /// A message to process on its own.
+    pub(crate) fn one(message: jetstream::Message) -> Self {
+        let meta = metadata(&message);
+        Self::One(message, meta)
+    }
+
     fn messages(&self) -> &[jetstream::Message] {
         match self {
-            Self::One(message) => std::slice::from_ref(message),
+            Self::One(message, _) => std::slice::from_ref(message),
             Self::Batch(messages) => messages,
         }
     }
@@ -108,6 +116,8 @@ impl<A: Apply> Running<A> {
                     self.started.notify_one();
                 }
             }
+            // What the jobs (and the fetch loop, polled just before) recorded.
+            self.processor.stats.publish();
             Poll::<()>::Pending
         })
         .await;
@@ -117,13 +127,15 @@ impl<A: Apply> Running<A> {
     pub(crate) async fn finish(&self) {
         poll_fn(|cx| {
             let mut set = self.lock();
-            loop {
+            let done = loop {
                 match set.jobs.poll_next_unpin(cx) {
                     Poll::Ready(Some(())) => {}
-                    Poll::Ready(None) => return Poll::Ready(()),
-                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(None) => break Poll::Ready(()),
+                    Poll::Pending => break Poll::Pending,
                 }
-            }
+            };
+            self.processor.stats.publish();
+            done
         })
         .await;
     }
@@ -132,43 +144,69 @@ impl<A: Apply> Running<A> {
     /// (its transaction rolls back).
     fn job(&self, work: Work) -> Job {
         let n = work.messages().len() as u64;
-        // Single messages are counted as fetched here, with `in_flight` (one watch notification
-        // per message); batches as they are collected.
-        let fetched = if matches!(work, Work::One(_)) { n } else { 0 };
-        self.processor.stats.update(|s| {
+        // Single messages are counted as fetched here, with `in_flight`; batches as they are
+        // collected.
+        let fetched = if matches!(work, Work::One(..)) { n } else { 0 };
+        self.processor.stats.record(|s| {
             s.fetched += fetched;
             s.in_flight += n;
         });
         let processor = self.processor.clone();
         let hard_stop = self.hard_stop.clone();
-        Box::pin(async move {
-            let run = async {
-                match &work {
-                    Work::One(message) => processor.process(message).await,
-                    // Boxed: the batch future (which nests a per-message future in its
-                    // fallback) is several times larger, and unboxed it would size every
-                    // single-message job too; one allocation per pull is noise.
-                    Work::Batch(messages) => Box::pin(A::process_many(&processor, messages)).await,
-                }
-            };
-            tokio::select! {
-                biased;
-                out = AssertUnwindSafe(run).catch_unwind() => {
-                    if out.is_err() {
-                        error!(messages = n, "message processing panicked; NAKing");
-                        processor.stats.update(|s| s.panics += 1);
-                        let delay = processor.backoff.first().copied().unwrap_or(Duration::from_secs(1));
-                        for message in work.messages() {
-                            processor.nak(message, delay).await;
-                        }
-                    }
-                }
-                () = hard_stop.cancelled() => {
-                    warn!(messages = n, "shutdown timeout: work abandoned without ack");
-                }
+        // Two future types, each as small as its own path needs: a single message's job is
+        // allocated and moved once per message.
+        match work {
+            Work::One(message, meta) => Box::pin(async move {
+                let run = std::pin::pin!(processor.process(&message, meta));
+                guarded(&processor, &hard_stop, std::slice::from_ref(&message), run).await;
+            }),
+            Work::Batch(messages) => Box::pin(async move {
+                let run = std::pin::pin!(A::process_many(&processor, &messages));
+                guarded(&processor, &hard_stop, &messages, run).await;
+            }),
+        }
+    }
+}
+
+/// Runs `run`, the processing of `messages`: a panic NAKs them, the shutdown hard stop drops
+/// it unacked (its transaction rolls back). `run` is pinned by the caller, so this future does
+/// not hold a second copy of it.
+async fn guarded<A: Apply>(
+    processor: &Processor<A>,
+    hard_stop: &CancellationToken,
+    messages: &[jetstream::Message],
+    run: Pin<&mut impl Future<Output = ()>>,
+) {
+    let n = messages.len() as u64;
+    tokio::select! {
+        biased;
+        out = AssertUnwindSafe(run).catch_unwind() => {
+            if out.is_err() {
+                // Boxed: rare, and inline it would size every job.
+                Box::pin(panicked(processor, messages)).await;
             }
-            processor.stats.update(|s| s.in_flight -= n);
-        })
+        }
+        () = hard_stop.cancelled() => {
+            warn!(messages = n, "shutdown timeout: work abandoned without ack");
+        }
+    }
+    processor.stats.record(|s| s.in_flight -= n);
+}
+
+/// After a panic while processing `messages`: count it, NAK them with the first backoff delay.
+async fn panicked<A: Apply>(processor: &Processor<A>, messages: &[jetstream::Message]) {
+    error!(
+        messages = messages.len(),
+        "message processing panicked; NAKing"
+    );
+    processor.stats.update(|s| s.panics += 1);
+    let delay = processor
+        .backoff
+        .first()
+        .copied()
+        .unwrap_or(Duration::from_secs(1));
+    for message in messages {
+        processor.nak(message, delay).await;
     }
 }
 
@@ -205,10 +243,16 @@ impl<A: Apply> Dispatcher<A> {
     /// frees up, the caller with [`start_waiting`](Self::start_waiting) once the database is
     /// back).
     pub(crate) fn offer(&mut self, work: Work) {
-        for message in work.messages() {
-            self.processor
-                .attempts
-                .received(message, &self.processor.stats);
+        let attempts = &self.processor.attempts;
+        match &work {
+            Work::One(_, meta) => {
+                attempts.received(meta.stream_sequence, meta.deliveries, &self.processor.stats);
+            }
+            Work::Batch(messages) => {
+                for message in messages {
+                    attempts.received_message(message, &self.processor.stats);
+                }
+            }
         }
         let mut set = self.running.lock();
         set.waiting.push_back(work);
@@ -259,7 +303,7 @@ impl<A: Apply> Dispatcher<A> {
         let mut fetched = 0u64;
         let waiting = std::mem::take(&mut self.running.lock().waiting);
         for work in waiting {
-            if matches!(work, Work::One(_)) {
+            if matches!(work, Work::One(..)) {
                 fetched += 1;
             }
             for message in work.messages() {

@@ -60,7 +60,7 @@ pub(crate) fn metadata(message: &Message) -> Metadata {
                 .collect()
         })
         .unwrap_or_default();
-    let subject = message.subject.to_string();
+    let subject = message.subject.as_str().to_owned();
     // An invalid traceparent is ignored (the message is still processed).
     let traceparent = headers
         .iter()

@@ -142,7 +142,7 @@ impl Fetcher {
                                 self.stats.update(|s| s.fetched += 1);
                                 collected.push(message);
                             } else {
-                                d.offer(Work::One(message));
+                                d.offer(Work::one(message));
                             }
                         }
                     },
@@ -181,7 +181,7 @@ impl Fetcher {
                     d.offer(Work::Batch(late));
                 } else {
                     for message in late {
-                        d.offer(Work::One(message));
+                        d.offer(Work::one(message));
                     }
                 }
             }
@@ -291,7 +291,7 @@ impl Fetcher {
                     continue;
                 };
                 self.stats.update(|s| s.iterations += 1);
-                d.offer(Work::One(message));
+                d.offer(Work::one(message));
             }
         }
     }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, Message};
-use jetstream_bridge_config::{resolve_event_id, DlqReason, Envelope};
+use jetstream_bridge_config::{resolve_event_id, DlqReason, Envelope, EnvelopeError};
 use jetstream_bridge_inbox::Recorded;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, warn, Instrument};
@@ -48,11 +48,24 @@ pub(crate) struct Processor<A> {
     pub(crate) attempts: Attempts,
 }
 
+/// A message whose body is not an envelope.
+struct Malformed {
+    meta: Metadata,
+    error: EnvelopeError,
+}
+
 impl<A: Apply> Processor<A> {
     /// Processes one message to its final ack / NAK / TERM. Never panics (the handler's panics
     /// are caught), never returns an error (failures are logged and counted).
-    pub(crate) async fn process(&self, message: &Message) {
-        let meta = metadata(message);
+    ///
+    /// The span and the envelope are made here, before the returned future: what is done
+    /// without waiting is not stored in it, and the job that holds it stays small (it is
+    /// allocated and moved once per message).
+    pub(crate) fn process<'a>(
+        &'a self,
+        message: &'a Message,
+        meta: Metadata,
+    ) -> impl Future<Output = ()> + Send + 'a {
         let span = tracing::info_span!(
             "jetstream_bridge.handle",
             event_id = tracing::field::Empty,
@@ -62,61 +75,74 @@ impl<A: Apply> Processor<A> {
             trace_id = meta.traceparent.map(|tp| tp.trace_id()),
             parent_span_id = meta.traceparent.map(|tp| tp.parent_id()),
         );
-        self.process_in_span(message, meta, span.clone())
-            .instrument(span)
-            .await;
-    }
-
-    async fn process_in_span(&self, message: &Message, meta: Metadata, span: tracing::Span) {
-        let _running = self.attempts.start(meta.stream_sequence);
-        let envelope = match Envelope::from_message(
+        let running = self.attempts.start(meta.stream_sequence);
+        let parsed = match Envelope::from_message(
             meta.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())),
             &message.payload,
         ) {
-            Ok(envelope) => envelope,
-            Err(e) => {
-                let event_id = resolve_event_id(
-                    meta.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())),
-                    None,
-                );
-                if let Some(id) = &event_id {
-                    span.record("event_id", id.as_str());
+            Ok(envelope) => {
+                span.record("event_id", envelope.event_id.as_str());
+                Ok(Event {
+                    envelope,
+                    metadata: meta,
+                    body: message.payload.clone(),
+                })
+            }
+            Err(error) => Err(Malformed { meta, error }),
+        };
+        // An `async move` block rather than an `async fn` taking `parsed`: that would store it
+        // twice (the argument and its local).
+        async move {
+            let _running = running;
+            let event = match &parsed {
+                Ok(event) => event,
+                Err(malformed) => return Box::pin(self.malformed(message, malformed)).await,
+            };
+            let outcome = {
+                // The handler runs in a child of the producer's trace, so events it enqueues
+                // or publishes carry the same trace id on to the next service.
+                let attempts = std::pin::pin!(self.through_outage(|| async {
+                    match event.metadata.traceparent {
+                        Some(tp) => tp.child().scope(A::attempt(self, event)).await,
+                        None => A::attempt(self, event).await,
+                    }
+                }));
+                self.with_progress(&[message], attempts).await
+            };
+            // The rare outcomes are boxed: inline, their futures would size every job.
+            match outcome {
+                Some(Ok(recorded)) => {
+                    self.ack(message, recorded).await;
+                    debug!("acked");
                 }
-                warn!(error = %e, "malformed message body, dead-lettering");
-                self.dead_letter(
-                    message,
-                    &meta,
-                    event_id.as_ref().map(|id| id.as_str()),
-                    DlqReason::MalformedJson,
-                    "EnvelopeError",
-                    e.to_string(),
-                )
-                .await;
-                return;
+                Some(Err(e)) => Box::pin(self.failed(message, event, &e)).await,
+                None => Box::pin(self.release(&[message])).await,
             }
-        };
-        span.record("event_id", envelope.event_id.as_str());
-        let event = Event {
-            envelope,
-            metadata: meta,
-            body: message.payload.clone(),
-        };
-        // The handler runs in a child of the producer's trace, so events it enqueues or
-        // publishes carry the same trace id on to the next service.
-        let attempts = self.through_outage(|| async {
-            match event.metadata.traceparent {
-                Some(tp) => tp.child().scope(A::attempt(self, &event)).await,
-                None => A::attempt(self, &event).await,
-            }
-        });
-        match self.with_progress(&[message], attempts).await {
-            Some(Ok(recorded)) => {
-                self.ack_all(&[message], &[recorded]).await;
-                debug!("acked");
-            }
-            Some(Err(e)) => self.failed(message, &event, &e).await,
-            None => self.release(&[message]).await,
         }
+        .instrument(span)
+    }
+
+    /// A body that is not an envelope: dead-lettered (`malformed_json`), no inbox row.
+    async fn malformed(&self, message: &Message, malformed: &Malformed) {
+        let meta = &malformed.meta;
+        let event_id = resolve_event_id(
+            meta.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            None,
+        );
+        if let Some(id) = &event_id {
+            tracing::Span::current().record("event_id", id.as_str());
+        }
+        let e = &malformed.error;
+        warn!(error = %e, "malformed message body, dead-lettering");
+        self.dead_letter(
+            message,
+            meta,
+            event_id.as_ref().map(|id| id.as_str()),
+            DlqReason::MalformedJson,
+            "EnvelopeError",
+            e.to_string(),
+        )
+        .await;
     }
 
     /// Runs `attempt` until an answer that is not an unavailable database: while the database
@@ -132,11 +158,9 @@ impl<A: Apply> Processor<A> {
         Fut: Future<Output = Result<T, HandlerError>>,
     {
         loop {
+            // Boxed: rare, and inline it would size every job.
             if self.outage.is_down()
-                && self
-                    .outage
-                    .wait(|| self.apply.probe(), &self.shutdown)
-                    .await
+                && Box::pin(self.outage.wait(|| self.apply.probe(), &self.shutdown)).await
                     == Waited::Shutdown
             {
                 return None;
@@ -195,6 +219,17 @@ impl<A: Apply> Processor<A> {
                 self.stats.record(|s| s.retried += 1);
             }
         }
+    }
+
+    /// Acks `message` (after its commit) and counts it as processed or a duplicate.
+    async fn ack(&self, message: &Message, recorded: Recorded) {
+        if let Err(e) = message.ack_with(AckKind::Ack).await {
+            warn!(error = %e, "ack failed; the message will be redelivered and deduplicated");
+        }
+        self.stats.record(|s| match recorded {
+            Recorded::Duplicate => s.duplicates += 1,
+            Recorded::New => s.processed += 1,
+        });
     }
 
     /// Acks `messages` (after their commit) and counts them as processed or duplicates.
@@ -307,14 +342,14 @@ impl<A: BatchApply> Processor<A> {
                     });
                 }
                 // The single-message path dead-letters it (malformed_json), no inbox row.
-                Err(_) => self.process(message).await,
+                Err(_) => self.process(message, metadata(message)).await,
             }
         }
         if events.is_empty() {
             return;
         }
         let span = tracing::info_span!("jetstream_bridge.handle_batch", events = events.len());
-        let attempts = self.through_outage(|| A::attempt_batch(self, &events));
+        let attempts = std::pin::pin!(self.through_outage(|| A::attempt_batch(self, &events)));
         let outcome = self.with_progress(&refs, attempts).instrument(span).await;
         match outcome {
             None => self.release(&refs).await,
@@ -325,12 +360,12 @@ impl<A: BatchApply> Processor<A> {
                 // across the whole fallback (the one being processed gets its own), so a long
                 // fallback does not let them pass `ack_wait` and be redelivered meanwhile.
                 let started = std::sync::atomic::AtomicUsize::new(0);
-                let fallback = async {
+                let fallback = std::pin::pin!(async {
                     for (i, message) in refs.iter().enumerate() {
                         started.store(i + 1, Ordering::Relaxed);
-                        self.process(message).await;
+                        self.process(message, metadata(message)).await;
                     }
-                };
+                });
                 let waiting = || {
                     let from = started.load(Ordering::Relaxed).min(refs.len());
                     &refs[from..]

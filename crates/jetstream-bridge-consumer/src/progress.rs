@@ -1,6 +1,9 @@
 //! In-progress acks (`+WPI`): sent for messages that are delivered and still being worked on
 //! or waiting for their turn, so they do not pass `ack_wait` and get redelivered elsewhere.
 
+use std::future::Future;
+use std::pin::Pin;
+
 use async_nats::jetstream::{AckKind, Message};
 
 use crate::process::Processor;
@@ -8,12 +11,14 @@ use crate::process::Processor;
 impl<H> Processor<H> {
     /// Runs `work`, sending an in-progress ack for each of `messages` every
     /// `progress_interval` while it runs.
+    ///
+    /// `work` is pinned by the caller: taken by value it would be stored twice in this
+    /// future (the argument and its pinned copy), on every message's path.
     pub(crate) async fn with_progress<T>(
         &self,
         messages: &[&Message],
-        work: impl std::future::Future<Output = T>,
+        mut work: Pin<&mut impl Future<Output = T>>,
     ) -> T {
-        let mut work = std::pin::pin!(work);
         let Some(every) = self.progress_interval else {
             return work.await;
         };
@@ -21,8 +26,9 @@ impl<H> Processor<H> {
         loop {
             tokio::select! {
                 biased;
-                out = &mut work => return out,
-                _ = ticker.tick() => self.progress_ack(messages).await,
+                out = work.as_mut() => return out,
+                // Boxed: rare, and inline it would size every job.
+                _ = ticker.tick() => Box::pin(self.progress_ack(messages)).await,
             }
         }
     }
@@ -34,9 +40,8 @@ impl<H> Processor<H> {
     pub(crate) async fn with_progress_of<'m, T>(
         &self,
         messages: impl Fn() -> &'m [&'m Message],
-        work: impl std::future::Future<Output = T>,
+        mut work: Pin<&mut impl Future<Output = T>>,
     ) -> T {
-        let mut work = std::pin::pin!(work);
         let Some(every) = self.progress_interval else {
             return work.await;
         };
@@ -44,8 +49,8 @@ impl<H> Processor<H> {
         loop {
             tokio::select! {
                 biased;
-                out = &mut work => return out,
-                _ = ticker.tick() => self.progress_ack(messages()).await,
+                out = work.as_mut() => return out,
+                _ = ticker.tick() => Box::pin(self.progress_ack(messages())).await,
             }
         }
     }

@@ -133,18 +133,17 @@ impl Attempts {
         }
     }
 
-    /// Looks at a received message: a redelivery of a message whose attempt began less than
-    /// the threshold ago, on the same connection, counts in `early_redeliveries`; the first
-    /// one is logged with the fix.
-    pub(crate) fn received(&self, message: &Message, stats: &Stats) {
+    /// Looks at a received message, the `deliveries`-th delivery of stream sequence `seq`: a
+    /// redelivery of a message whose attempt began less than the threshold ago, on the same
+    /// connection, counts in `early_redeliveries`; the first one is logged with the fix.
+    pub(crate) fn received(&self, seq: u64, deliveries: u32, stats: &Stats) {
         let Some(threshold) = self.threshold else {
             return;
         };
-        let Ok(info) = message.info() else { return };
-        if info.delivered <= 1 {
+        if deliveries <= 1 || seq == 0 {
             return;
         }
-        let Some(running) = self.lock().get(&info.stream_sequence).copied() else {
+        let Some(running) = self.lock().get(&seq).copied() else {
             return;
         };
         let after = running.since.elapsed();
@@ -155,12 +154,23 @@ impl Attempts {
         if !self.said.swap(true, Ordering::Relaxed) {
             error!(
                 durable = %self.durable,
-                stream_seq = info.stream_sequence,
-                deliveries = info.delivered,
+                stream_seq = seq,
+                deliveries,
                 after = ?after,
                 "{}",
                 problem(&self.durable)
             );
+        }
+    }
+
+    /// [`received`](Self::received) for a message whose metadata was not read.
+    pub(crate) fn received_message(&self, message: &Message, stats: &Stats) {
+        if self.threshold.is_none() {
+            return;
+        }
+        if let Ok(info) = message.info() {
+            let deliveries = u32::try_from(info.delivered).unwrap_or(u32::MAX);
+            self.received(info.stream_sequence, deliveries, stats);
         }
     }
 }
