@@ -12,7 +12,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind};
-use futures_util::stream::FuturesUnordered;
+use futures_util::future::Either;
 use futures_util::{FutureExt, Stream, StreamExt};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -21,6 +21,7 @@ use tracing::{error, warn};
 use crate::attempt::Apply;
 use crate::event::{metadata, Metadata};
 use crate::process::Processor;
+use crate::slots::{Jobs, Slots};
 
 /// What one job processes: a message, or the messages of one pull request (batch mode).
 #[allow(
@@ -48,9 +49,6 @@ impl Work {
     }
 }
 
-/// One piece of running work.
-type Job = Pin<Box<dyn Future<Output = ()> + Send>>;
-
 /// The received work, running and waiting, polled on the consumer's own task beside the fetch
 /// loop ([`Running::drive`]): no task spawn, wake-up of another worker thread or hop between
 /// threads per message, as in a hand-written pull loop. When a job ends the driver starts the
@@ -77,7 +75,8 @@ impl<A> Clone for Running<A> {
 }
 
 struct RunningSet {
-    jobs: FuturesUnordered<Job>,
+    /// The running jobs, in places reused from one message to the next.
+    jobs: Box<dyn Jobs<Work>>,
     /// Received work that has not started, in delivery order.
     waiting: VecDeque<Work>,
     concurrency: usize,
@@ -99,7 +98,15 @@ impl<A: Apply> Running<A> {
             let Some(work) = set.waiting.pop_front() else {
                 break;
             };
-            set.jobs.push(self.job(work));
+            let n = work.messages().len() as u64;
+            // Single messages are counted as fetched here, with `in_flight`; batches as they
+            // are collected.
+            let fetched = if matches!(work, Work::One(..)) { n } else { 0 };
+            self.processor.stats.record(|s| {
+                s.fetched += fetched;
+                s.in_flight += n;
+            });
+            set.jobs.start(work);
             started = true;
         }
         started
@@ -110,7 +117,7 @@ impl<A: Apply> Running<A> {
     pub(crate) async fn drive(&self) {
         poll_fn(|cx| {
             let mut set = self.lock();
-            while let Poll::Ready(Some(())) = set.jobs.poll_next_unpin(cx) {
+            while let Poll::Ready(Some(())) = set.jobs.poll_next(cx) {
                 // The fetch loop only waits for the last waiting work to start.
                 if self.fill(&mut set) && set.waiting.is_empty() {
                     self.started.notify_one();
@@ -128,7 +135,7 @@ impl<A: Apply> Running<A> {
         poll_fn(|cx| {
             let mut set = self.lock();
             let done = loop {
-                match set.jobs.poll_next_unpin(cx) {
+                match set.jobs.poll_next(cx) {
                     Poll::Ready(Some(())) => {}
                     Poll::Ready(None) => break Poll::Ready(()),
                     Poll::Pending => break Poll::Pending,
@@ -139,32 +146,27 @@ impl<A: Apply> Running<A> {
         })
         .await;
     }
+}
 
-    /// `work` as a job: a panic NAKs its messages, the shutdown hard stop drops it unacked
-    /// (its transaction rolls back).
-    fn job(&self, work: Work) -> Job {
-        let n = work.messages().len() as u64;
-        // Single messages are counted as fetched here, with `in_flight`; batches as they are
-        // collected.
-        let fetched = if matches!(work, Work::One(..)) { n } else { 0 };
-        self.processor.stats.record(|s| {
-            s.fetched += fetched;
-            s.in_flight += n;
-        });
-        let processor = self.processor.clone();
-        let hard_stop = self.hard_stop.clone();
-        // Two future types, each as small as its own path needs: a single message's job is
-        // allocated and moved once per message.
-        match work {
-            Work::One(message, meta) => Box::pin(async move {
-                let run = std::pin::pin!(processor.process(&message, meta));
-                guarded(&processor, &hard_stop, std::slice::from_ref(&message), run).await;
-            }),
-            Work::Batch(messages) => Box::pin(async move {
-                let run = std::pin::pin!(A::process_many(&processor, &messages));
-                guarded(&processor, &hard_stop, &messages, run).await;
-            }),
-        }
+/// `work` as a job: a panic NAKs its messages, the shutdown hard stop drops it unacked (its
+/// transaction rolls back). Two futures, each as small as its own path needs, in one type:
+/// the job's place is as large as the larger one.
+fn job<A: Apply>(
+    processor: &Arc<Processor<A>>,
+    hard_stop: &CancellationToken,
+    work: Work,
+) -> impl Future<Output = ()> + Send + 'static {
+    let processor = processor.clone();
+    let hard_stop = hard_stop.clone();
+    match work {
+        Work::One(message, meta) => Either::Left(async move {
+            let run = std::pin::pin!(processor.process(&message, meta));
+            guarded(&processor, &hard_stop, std::slice::from_ref(&message), run).await;
+        }),
+        Work::Batch(messages) => Either::Right(async move {
+            let run = std::pin::pin!(A::process_many(&processor, &messages));
+            guarded(&processor, &hard_stop, &messages, run).await;
+        }),
     }
 }
 
@@ -222,7 +224,11 @@ impl<A: Apply> Dispatcher<A> {
         let hard_stop = CancellationToken::new();
         let running = Running {
             shared: Arc::new(Mutex::new(RunningSet {
-                jobs: FuturesUnordered::new(),
+                jobs: Box::new(Slots::new({
+                    let processor = processor.clone();
+                    let hard_stop = hard_stop.clone();
+                    move |work| job(&processor, &hard_stop, work)
+                })),
                 waiting: VecDeque::new(),
                 concurrency: concurrency.max(1),
             })),

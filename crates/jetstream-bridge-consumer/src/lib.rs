@@ -17,6 +17,7 @@ mod progress;
 mod redelivery;
 mod retry;
 mod runtime;
+mod slots;
 mod stats;
 
 pub use admin::{DeadLetter, DeadLetterQueue, DlqError, DlqErrorKind, DlqFilter, ReplayOptions};

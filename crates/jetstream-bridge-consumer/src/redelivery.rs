@@ -14,6 +14,7 @@ use async_nats::jetstream::Message;
 use async_nats::Client;
 use tracing::error;
 
+use crate::event::AckInfo;
 use crate::stats::Stats;
 
 /// The running attempts, by stream sequence.
@@ -168,7 +169,7 @@ impl Attempts {
         if self.threshold.is_none() {
             return;
         }
-        if let Ok(info) = message.info() {
+        if let Some(info) = message.reply.as_deref().and_then(AckInfo::parse) {
             let deliveries = u32::try_from(info.delivered).unwrap_or(u32::MAX);
             self.received(info.stream_sequence, deliveries, stats);
         }

@@ -4,6 +4,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
 use jetstream_bridge_config::{Envelope, SubjectLayout};
+use jetstream_bridge_consumer::{Event, Handler, HandlerError, Metadata};
 use jetstream_bridge_inbox::{Inbox, InboxStatus};
 
 use crate::{envelope, wait, Behaviour, Env, TestHandler};
@@ -339,5 +340,70 @@ async fn the_inbox_payload_is_the_received_body() {
         ))
         .await;
     assert_eq!(kept, 1);
+    env.teardown().await;
+}
+
+/// Records the metadata of every delivery; fails the first attempt (so it is redelivered).
+#[derive(Clone, Default)]
+struct SeesMetadata(std::sync::Arc<std::sync::Mutex<Vec<Metadata>>>);
+
+impl Handler for SeesMetadata {
+    async fn handle(&self, event: &Event) -> Result<(), HandlerError> {
+        let mut seen = self.0.lock().unwrap();
+        seen.push(event.metadata.clone());
+        if seen.len() == 1 {
+            return Err(HandlerError::retry("first attempt fails"));
+        }
+        Ok(())
+    }
+}
+
+/// What a handler reads of a real delivery (the runtime reads the ack subject itself): the
+/// subject, stream, durable, stream and consumer sequences, delivery count, the server's
+/// receive time and the headers, on the first delivery and on the redelivery.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_handler_sees_the_delivery_metadata() {
+    let env = Env::new(|c| c.use_inbox(false)).await;
+    let e = envelope(1);
+    let before = jetstream_bridge_config::Timestamp::now().unix_timestamp();
+    let seq = env.publish_gem(&e).await;
+    let seen = SeesMetadata::default();
+    let handle = env
+        .consumer_without_inbox()
+        .handler(seen.clone())
+        .build()
+        .unwrap()
+        .spawn();
+    wait(&handle, |s| s.processed >= 1).await;
+    handle.shutdown().await.unwrap();
+    let after = jetstream_bridge_config::Timestamp::now().unix_timestamp();
+    let seen = seen.0.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    for (i, meta) in seen.iter().enumerate() {
+        let delivery = u32::try_from(i).unwrap() + 1;
+        assert_eq!(
+            meta.subject,
+            env.config.subjects().destination().as_str(),
+            "{meta:?}"
+        );
+        assert_eq!(meta.stream, env.config.stream_name().as_str());
+        assert_eq!(meta.consumer, env.config.durable_name().as_str());
+        assert_eq!(meta.stream_sequence, seq);
+        assert_eq!(
+            (meta.consumer_sequence, meta.deliveries),
+            (u64::from(delivery), delivery)
+        );
+        let published = meta
+            .published
+            .expect("the server's receive time")
+            .unix_timestamp();
+        assert!((before..=after).contains(&published), "{published}");
+        assert!(
+            meta.headers
+                .iter()
+                .any(|(k, v)| k.eq_ignore_ascii_case("nats-msg-id") && v == e.event_id.as_str()),
+            "{meta:?}"
+        );
+    }
     env.teardown().await;
 }
