@@ -15,7 +15,6 @@ use async_nats::jetstream::{self, AckKind};
 use futures_util::future::Either;
 use futures_util::{FutureExt, Stream, StreamExt};
 use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 use tracing::{error, warn};
 
 use crate::attempt::Apply;
@@ -57,7 +56,6 @@ impl Work {
 pub(crate) struct Running<A> {
     shared: Arc<Mutex<RunningSet>>,
     processor: Arc<Processor<A>>,
-    hard_stop: CancellationToken,
     /// Told when the driver started the last waiting work (the fetch loop waits for that
     /// before its next pull request).
     started: Arc<Notify>,
@@ -68,7 +66,6 @@ impl<A> Clone for Running<A> {
         Self {
             shared: self.shared.clone(),
             processor: self.processor.clone(),
-            hard_stop: self.hard_stop.clone(),
             started: self.started.clone(),
         }
     }
@@ -87,14 +84,12 @@ impl<A: Apply> Running<A> {
         self.shared.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Starts waiting work while a slot is free, the database is not down and shutdown has not
-    /// begun (then the fetch loop gives the waiting work back).
+    /// Starts waiting work while a slot is free and the database is not down. (When shutdown
+    /// begins the fetch loop, on this task, gives the waiting work back before anything else
+    /// here runs: no check of the token per message, which takes a lock.)
     fn fill(&self, set: &mut RunningSet) -> bool {
         let mut started = false;
-        while set.jobs.len() < set.concurrency
-            && !self.processor.outage.is_down()
-            && !self.processor.shutdown.is_cancelled()
-        {
+        while set.jobs.len() < set.concurrency && !self.processor.outage.is_down() {
             let Some(work) = set.waiting.pop_front() else {
                 break;
             };
@@ -146,53 +141,52 @@ impl<A: Apply> Running<A> {
         })
         .await;
     }
+
+    /// The shutdown hard stop: drops the running work unacked (its transactions roll back, the
+    /// server redelivers it after `ack_wait`).
+    pub(crate) fn abandon(&self) {
+        let jobs = self.lock().jobs.abandon();
+        if jobs > 0 {
+            warn!(jobs, "shutdown timeout: work abandoned without ack");
+        }
+        self.processor.stats.update(|s| s.in_flight = 0);
+    }
 }
 
-/// `work` as a job: a panic NAKs its messages, the shutdown hard stop drops it unacked (its
-/// transaction rolls back). Two futures, each as small as its own path needs, in one type:
-/// the job's place is as large as the larger one.
+/// `work` as a job: a panic NAKs its messages. (The shutdown hard stop drops the job
+/// unacked, its transaction rolled back: [`Running::abandon`].) Two futures, each as small
+/// as its own path needs, in one type: the job's place is as large as the larger one.
 fn job<A: Apply>(
     processor: &Arc<Processor<A>>,
-    hard_stop: &CancellationToken,
     work: Work,
 ) -> impl Future<Output = ()> + Send + 'static {
     let processor = processor.clone();
-    let hard_stop = hard_stop.clone();
     match work {
         Work::One(message, meta) => Either::Left(async move {
             let run = std::pin::pin!(processor.process(&message, meta));
-            guarded(&processor, &hard_stop, std::slice::from_ref(&message), run).await;
+            guarded(&processor, std::slice::from_ref(&message), run).await;
         }),
         Work::Batch(messages) => Either::Right(async move {
             let run = std::pin::pin!(A::process_many(&processor, &messages));
-            guarded(&processor, &hard_stop, &messages, run).await;
+            guarded(&processor, &messages, run).await;
         }),
     }
 }
 
-/// Runs `run`, the processing of `messages`: a panic NAKs them, the shutdown hard stop drops
-/// it unacked (its transaction rolls back). `run` is pinned by the caller, so this future does
-/// not hold a second copy of it.
+/// Runs `run`, the processing of `messages`: a panic NAKs them. `run` is pinned by the
+/// caller, so this future does not hold a second copy of it.
 async fn guarded<A: Apply>(
     processor: &Processor<A>,
-    hard_stop: &CancellationToken,
     messages: &[jetstream::Message],
     run: Pin<&mut impl Future<Output = ()>>,
 ) {
-    let n = messages.len() as u64;
-    tokio::select! {
-        biased;
-        out = AssertUnwindSafe(run).catch_unwind() => {
-            if out.is_err() {
-                // Boxed: rare, and inline it would size every job.
-                Box::pin(panicked(processor, messages)).await;
-            }
-        }
-        () = hard_stop.cancelled() => {
-            warn!(messages = n, "shutdown timeout: work abandoned without ack");
-        }
+    if AssertUnwindSafe(run).catch_unwind().await.is_err() {
+        // Boxed: rare, and inline it would size every job.
+        Box::pin(panicked(processor, messages)).await;
     }
-    processor.stats.record(|s| s.in_flight -= n);
+    processor
+        .stats
+        .record(|s| s.in_flight -= messages.len() as u64);
 }
 
 /// After a panic while processing `messages`: count it, NAK them with the first backoff delay.
@@ -216,31 +210,23 @@ async fn panicked<A: Apply>(processor: &Processor<A>, messages: &[jetstream::Mes
 pub(crate) struct Dispatcher<A> {
     pub(crate) processor: Arc<Processor<A>>,
     pub(crate) running: Running<A>,
-    pub(crate) hard_stop: CancellationToken,
 }
 
 impl<A: Apply> Dispatcher<A> {
     pub(crate) fn new(processor: Arc<Processor<A>>, concurrency: usize) -> Self {
-        let hard_stop = CancellationToken::new();
         let running = Running {
             shared: Arc::new(Mutex::new(RunningSet {
                 jobs: Box::new(Slots::new({
                     let processor = processor.clone();
-                    let hard_stop = hard_stop.clone();
-                    move |work| job(&processor, &hard_stop, work)
+                    move |work| job(&processor, work)
                 })),
                 waiting: VecDeque::new(),
                 concurrency: concurrency.max(1),
             })),
             processor: processor.clone(),
-            hard_stop: hard_stop.clone(),
             started: Arc::new(Notify::new()),
         };
-        Self {
-            processor,
-            running,
-            hard_stop,
-        }
+        Self { processor, running }
     }
 
     /// Starts `work` at once when a slot is free, nothing waits before it and the database is

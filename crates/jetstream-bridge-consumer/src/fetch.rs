@@ -130,22 +130,36 @@ impl Fetcher {
                     }
                     () = d.started(), if d.has_waiting() && !down => {}
                     () = outage.until_up(), if d.has_waiting() && down => d.start_waiting(),
-                    next = batch.next(), if !ended => match next {
-                        None => ended = true,
-                        Some(Err(e)) => {
-                            ended = true;
-                            failed = Some(e.to_string());
-                        }
-                        Some(Ok(message)) => {
-                            received += 1;
-                            if A::BATCH {
-                                self.stats.update(|s| s.fetched += 1);
-                                collected.push(message);
-                            } else {
-                                d.offer(Work::one(message));
+                    mut next = batch.next(), if !ended => {
+                        // What the client already holds is taken in this pass, not one pass
+                        // through this `select!` per message (its checks take locks).
+                        loop {
+                            match next {
+                                None => ended = true,
+                                Some(Err(e)) => {
+                                    ended = true;
+                                    failed = Some(e.to_string());
+                                }
+                                Some(Ok(message)) => {
+                                    received += 1;
+                                    if A::BATCH {
+                                        // Published by the dispatcher's driver, polled next.
+                                        self.stats.record(|s| s.fetched += 1);
+                                        collected.push(message);
+                                    } else {
+                                        d.offer(Work::one(message));
+                                    }
+                                }
+                            }
+                            if ended {
+                                break;
+                            }
+                            match batch.next().now_or_never() {
+                                Some(more) => next = more,
+                                None => break,
                             }
                         }
-                    },
+                    }
                     () = &mut deadline, if !ended => {
                         ended = true;
                         cut = true;

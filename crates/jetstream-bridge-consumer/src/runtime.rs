@@ -171,8 +171,7 @@ impl<A: Apply> Runtime<A> {
             .is_err()
         {
             abandoned = stats.get().in_flight;
-            d.hard_stop.cancel();
-            d.running.finish().await;
+            d.running.abandon();
         }
         // Acks and NAKs are buffered by the client: send them before reporting, so a caller
         // that exits right after the report does not lose them (they would be redelivered).

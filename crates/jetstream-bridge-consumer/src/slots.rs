@@ -23,6 +23,9 @@ pub(crate) trait Jobs<W>: Send {
 
     /// Jobs running now.
     fn len(&self) -> usize;
+
+    /// Drops the running jobs; how many there were.
+    fn abandon(&mut self) -> usize;
 }
 
 /// Places for the futures `make` returns, one per job that ran at the same time, at most as
@@ -164,6 +167,18 @@ where
 
     fn len(&self) -> usize {
         self.running
+    }
+
+    fn abandon(&mut self) -> usize {
+        let abandoned = self.running;
+        for (index, slot) in self.slots.iter_mut().enumerate() {
+            if slot.future.is_some() {
+                slot.future.set(None);
+                self.free.push(index);
+            }
+        }
+        self.running = 0;
+        abandoned
     }
 }
 
