@@ -77,6 +77,8 @@ struct RunningSet {
     /// Received work that has not started, in delivery order.
     waiting: VecDeque<Work>,
     concurrency: usize,
+    /// Shutdown has begun: nothing more starts.
+    closed: bool,
 }
 
 impl<A: Apply> Running<A> {
@@ -84,12 +86,13 @@ impl<A: Apply> Running<A> {
         self.shared.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Starts waiting work while a slot is free and the database is not down. (When shutdown
-    /// begins the fetch loop, on this task, gives the waiting work back before anything else
-    /// here runs: no check of the token per message, which takes a lock.)
+    /// Starts waiting work while a slot is free, the database is not down and shutdown has not
+    /// been seen (then the fetch loop gives the waiting work back). The shutdown token is read
+    /// once per poll of the driver ([`closed`](RunningSet::closed)), not per message: reading
+    /// it takes a lock.
     fn fill(&self, set: &mut RunningSet) -> bool {
         let mut started = false;
-        while set.jobs.len() < set.concurrency && !self.processor.outage.is_down() {
+        while set.jobs.len() < set.concurrency && !set.closed && !self.processor.outage.is_down() {
             let Some(work) = set.waiting.pop_front() else {
                 break;
             };
@@ -112,6 +115,7 @@ impl<A: Apply> Running<A> {
     pub(crate) async fn drive(&self) {
         poll_fn(|cx| {
             let mut set = self.lock();
+            set.closed = set.closed || self.processor.shutdown.is_cancelled();
             while let Poll::Ready(Some(())) = set.jobs.poll_next(cx) {
                 // The fetch loop only waits for the last waiting work to start.
                 if self.fill(&mut set) && set.waiting.is_empty() {
@@ -163,8 +167,16 @@ fn job<A: Apply>(
     let processor = processor.clone();
     match work {
         Work::One(message, meta) => Either::Left(async move {
-            let run = std::pin::pin!(processor.process(&message, meta));
-            guarded(&processor, std::slice::from_ref(&message), run).await;
+            let messages = std::slice::from_ref(&message);
+            // `process` does its first steps (span, envelope) before returning the future:
+            // a panic there is caught here, as one in the future is by `guarded`.
+            match std::panic::catch_unwind(AssertUnwindSafe(|| processor.process(&message, meta))) {
+                Ok(run) => guarded(&processor, messages, std::pin::pin!(run)).await,
+                Err(_) => {
+                    Box::pin(panicked(&processor, messages)).await;
+                    processor.stats.record(|s| s.in_flight -= 1);
+                }
+            }
         }),
         Work::Batch(messages) => Either::Right(async move {
             let run = std::pin::pin!(A::process_many(&processor, &messages));
@@ -222,6 +234,7 @@ impl<A: Apply> Dispatcher<A> {
                 })),
                 waiting: VecDeque::new(),
                 concurrency: concurrency.max(1),
+                closed: false,
             })),
             processor: processor.clone(),
             started: Arc::new(Notify::new()),
@@ -293,7 +306,11 @@ impl<A: Apply> Dispatcher<A> {
         // Single messages count as fetched when they start or are released here; a batch's
         // messages counted as they were collected.
         let mut fetched = 0u64;
-        let waiting = std::mem::take(&mut self.running.lock().waiting);
+        let waiting = {
+            let mut set = self.running.lock();
+            set.closed = true;
+            std::mem::take(&mut set.waiting)
+        };
         for work in waiting {
             if matches!(work, Work::One(..)) {
                 fetched += 1;

@@ -82,6 +82,11 @@ pub(crate) fn metadata(message: &Message) -> Metadata {
     }
 }
 
+/// The publish times `Message::info` accepts: -9999-01-01T00:00:00Z up to the end of
+/// 9999-12-31, in nanoseconds since 1970.
+const MIN_NANOS: i128 = -377_705_116_800 * 1_000_000_000;
+const MAX_NANOS: i128 = 253_402_300_800 * 1_000_000_000 - 1;
+
 /// What the metadata keeps of a message's `$JS.ACK.` reply subject.
 ///
 /// Read here rather than with `Message::info`, which also converts the publish time to a
@@ -128,7 +133,11 @@ impl<'a> AckInfo<'a> {
         // the i128 that `info` accepts.
         let nanos: i128 = match nanos.parse::<u64>() {
             Ok(nanos) => i128::from(nanos),
-            Err(_) => nanos.parse().ok()?,
+            // As `info`, reject what the `time` crate cannot represent (years ±9999); any u64
+            // is inside.
+            Err(_) => {
+                Some(nanos.parse::<i128>().ok()?).filter(|n| (MIN_NANOS..=MAX_NANOS).contains(n))?
+            }
         };
         Some(Self {
             stream,
@@ -228,12 +237,17 @@ pub(crate) mod tests {
                 assert_eq!(ours, expect("events", "durable"), "{reply}");
             }
         }
-        // Before 1970 the second is rounded down; beyond year 9999 there is no time, but the
-        // rest is kept.
+        // Before 1970 the second is rounded down; before year 0 there is no time, but the
+        // rest is kept; beyond the years ±9999 the subject is rejected, as by `info`.
         let early = AckInfo::parse("$JS.ACK.s.c.1.1.1.-1500000000.0").unwrap();
         assert_eq!(early.published, Timestamp::from_unix_timestamp(-2).ok());
-        let late = AckInfo::parse("$JS.ACK.s.c.1.1.1.999999999999999999999999.0").unwrap();
-        assert_eq!((late.published, late.stream_sequence), (None, 1));
+        let bc = AckInfo::parse("$JS.ACK.s.c.1.1.1.-100000000000000000000.0").unwrap();
+        assert_eq!((bc.published, bc.stream_sequence), (None, 1));
+        assert_eq!(
+            AckInfo::parse("$JS.ACK.s.c.1.1.1.999999999999999999999999.0"),
+            None,
+            "beyond what the client's time type holds, as `info`"
+        );
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, Message};
-use jetstream_bridge_config::{resolve_event_id, DlqReason, Envelope, EnvelopeError};
+use jetstream_bridge_config::{resolve_event_id, DlqReason, Envelope, EnvelopeError, EventId};
 use jetstream_bridge_inbox::Recorded;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, warn, Instrument};
@@ -52,6 +52,8 @@ pub(crate) struct Processor<A> {
 struct Malformed {
     meta: Metadata,
     error: EnvelopeError,
+    /// The event id its headers give, if any.
+    event_id: Option<EventId>,
 }
 
 impl<A: Apply> Processor<A> {
@@ -88,7 +90,20 @@ impl<A: Apply> Processor<A> {
                     body: message.payload.clone(),
                 })
             }
-            Err(error) => Err(Malformed { meta, error }),
+            Err(error) => {
+                let event_id = resolve_event_id(
+                    meta.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+                    None,
+                );
+                if let Some(id) = &event_id {
+                    span.record("event_id", id.as_str());
+                }
+                Err(Malformed {
+                    meta,
+                    error,
+                    event_id,
+                })
+            }
         };
         // An `async move` block rather than an `async fn` taking `parsed`: that would store it
         // twice (the argument and its local).
@@ -125,19 +140,12 @@ impl<A: Apply> Processor<A> {
     /// A body that is not an envelope: dead-lettered (`malformed_json`), no inbox row.
     async fn malformed(&self, message: &Message, malformed: &Malformed) {
         let meta = &malformed.meta;
-        let event_id = resolve_event_id(
-            meta.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())),
-            None,
-        );
-        if let Some(id) = &event_id {
-            tracing::Span::current().record("event_id", id.as_str());
-        }
         let e = &malformed.error;
         warn!(error = %e, "malformed message body, dead-lettering");
         self.dead_letter(
             message,
             meta,
-            event_id.as_ref().map(|id| id.as_str()),
+            malformed.event_id.as_ref().map(|id| id.as_str()),
             DlqReason::MalformedJson,
             "EnvelopeError",
             e.to_string(),

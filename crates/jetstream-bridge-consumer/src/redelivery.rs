@@ -170,7 +170,7 @@ impl Attempts {
             return;
         }
         if let Some(info) = message.reply.as_deref().and_then(AckInfo::parse) {
-            let deliveries = u32::try_from(info.delivered).unwrap_or(u32::MAX);
+            let deliveries = u32::try_from(info.delivered.max(1)).unwrap_or(u32::MAX);
             self.received(info.stream_sequence, deliveries, stats);
         }
     }

@@ -139,7 +139,7 @@ where
                 continue;
             };
             // Before polling: a wake-up while it runs queues it again.
-            slot.wake.queued.store(false, Ordering::Release);
+            slot.wake.queued.swap(false, Ordering::AcqRel);
             // A late wake-up of a job that has ended finds its place empty (or a newer job,
             // which a spurious poll does not harm).
             let Some(future) = slot.future.as_mut().as_pin_mut() else {

@@ -17,6 +17,10 @@ use crate::{envelope, wait, Env};
 #[derive(Clone, Default)]
 struct HandleSpans(Arc<Mutex<Vec<HashMap<String, String>>>>);
 
+/// Subjects whose next `jetstream_bridge.handle` span panics as it is made (once each): a
+/// tracing layer that panics, as user code in the runtime's path.
+static PANIC_ONCE: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
 /// The process-wide capturing subscriber, installed once: the runtime's worker threads must
 /// all see it, so a thread-local default will not do.
 fn handle_spans() -> &'static HandleSpans {
@@ -45,7 +49,14 @@ impl<S: tracing::Subscriber> Layer<S> for HandleSpans {
         }
         let mut fields = Fields(HashMap::new());
         attrs.record(&mut fields);
+        let subject = fields.0.get("subject").cloned().unwrap_or_default();
         self.0.lock().unwrap().push(fields.0);
+        let mut panic_once = PANIC_ONCE.lock().unwrap();
+        if let Some(i) = panic_once.iter().position(|s| *s == subject) {
+            panic_once.remove(i);
+            drop(panic_once);
+            panic!("a tracing layer panics");
+        }
     }
 }
 
@@ -133,5 +144,44 @@ async fn the_producers_trace_reaches_the_handle_span_and_the_handler() {
     assert_eq!(traced.len(), 1, "{spans:?}");
     assert_eq!(traced[0]["trace_id"], sent.trace_id());
     assert_eq!(traced[0]["parent_span_id"], sent.parent_id());
+    env.teardown().await;
+}
+
+/// Counts its calls.
+#[derive(Clone, Default)]
+struct Counts(Arc<Mutex<Vec<u32>>>);
+
+impl Handler for Counts {
+    async fn handle(&self, event: &Event) -> Result<(), HandlerError> {
+        self.0.lock().unwrap().push(event.metadata.deliveries);
+        Ok(())
+    }
+}
+
+/// A panic while the runtime prepares a message (here: a tracing layer panicking as the
+/// message's span is made, before the handler's future exists) is caught like a handler's: the
+/// message is NAKed and processed on its redelivery, and the consumer keeps running.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_panic_while_a_message_is_prepared_is_caught() {
+    let _spans = handle_spans();
+    let env = Env::new(|c| c.use_inbox(false)).await;
+    let subject = env.config.subjects().destination().as_str().to_owned();
+    PANIC_ONCE.lock().unwrap().push(subject);
+    env.publish_gem(&envelope(1)).await;
+    let handler = Counts::default();
+    let handle = env
+        .consumer_without_inbox()
+        .handler(handler.clone())
+        .build()
+        .unwrap()
+        .spawn();
+    let stats = wait(&handle, |s| s.processed >= 1).await;
+    assert_eq!((stats.panics, stats.in_flight), (1, 0));
+    assert_eq!(
+        *handler.0.lock().unwrap(),
+        [2],
+        "handled once, on the redelivery"
+    );
+    handle.shutdown().await.unwrap();
     env.teardown().await;
 }
