@@ -204,7 +204,8 @@ pub struct ConsumerHandle {
 }
 
 impl ConsumerHandle {
-    /// The counters, updated after every change; `wait_for` on it awaits a condition.
+    /// The counters, updated as they change (what the consumer did in one wake-up of its
+    /// task as one update); `wait_for` on it awaits a condition.
     pub fn stats(&self) -> watch::Receiver<ConsumerStats> {
         self.stats.clone()
     }

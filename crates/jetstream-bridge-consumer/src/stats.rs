@@ -12,7 +12,8 @@ use tracing::{info, warn};
 const HIGH_RSS_BYTES: u64 = 1 << 30;
 
 /// Counters of a running consumer, published on a watch channel
-/// ([`ConsumerHandle::stats`](crate::ConsumerHandle::stats)) after every change.
+/// ([`ConsumerHandle::stats`](crate::ConsumerHandle::stats)) as they change: what the
+/// consumer did in one wake-up of its task is published at once, as one update.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ConsumerStats {
