@@ -169,10 +169,15 @@ fn job<A: Apply>(
         Work::One(message, meta) => Either::Left(async move {
             let messages = std::slice::from_ref(&message);
             // `process` does its first steps (span, envelope) before returning the future:
-            // a panic there is caught here, as one in the future is by `guarded`.
-            match std::panic::catch_unwind(AssertUnwindSafe(|| processor.process(&message, meta))) {
-                Ok(run) => guarded(&processor, messages, std::pin::pin!(run)).await,
-                Err(_) => {
+            // a panic there is caught here, as one in the future is by `guarded`. Pinned where
+            // it is made: a binding moved into `pin!` would be stored twice in this job.
+            let mut run = std::pin::pin!(std::panic::catch_unwind(AssertUnwindSafe(|| {
+                processor.process(&message, meta)
+            }))
+            .ok());
+            match run.as_mut().as_pin_mut() {
+                Some(run) => guarded(&processor, messages, run).await,
+                None => {
                     Box::pin(panicked(&processor, messages)).await;
                     processor.stats.record(|s| s.in_flight -= 1);
                 }

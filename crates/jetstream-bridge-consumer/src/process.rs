@@ -127,7 +127,7 @@ impl<A: Apply> Processor<A> {
             // The rare outcomes are boxed: inline, their futures would size every job.
             match outcome {
                 Some(Ok(recorded)) => {
-                    self.ack(message, recorded).await;
+                    self.ack_all(&[message], &[recorded]).await;
                     debug!("acked");
                 }
                 Some(Err(e)) => Box::pin(self.failed(message, event, &e)).await,
@@ -227,17 +227,6 @@ impl<A: Apply> Processor<A> {
                 self.stats.record(|s| s.retried += 1);
             }
         }
-    }
-
-    /// Acks `message` (after its commit) and counts it as processed or a duplicate.
-    async fn ack(&self, message: &Message, recorded: Recorded) {
-        if let Err(e) = message.ack_with(AckKind::Ack).await {
-            warn!(error = %e, "ack failed; the message will be redelivered and deduplicated");
-        }
-        self.stats.record(|s| match recorded {
-            Recorded::Duplicate => s.duplicates += 1,
-            Recorded::New => s.processed += 1,
-        });
     }
 
     /// Acks `messages` (after their commit) and counts them as processed or duplicates.

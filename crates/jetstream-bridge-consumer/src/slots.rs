@@ -193,7 +193,7 @@ mod tests {
 
     use super::*;
 
-    /// Jobs end in the order their wake-ups come, places are reused, and an empty set ends.
+    /// Every job runs to its end, one `Some` each, then `None`; ended jobs' places are reused.
     #[tokio::test]
     async fn jobs_run_to_their_end_and_places_are_reused() {
         let ended = Arc::new(AtomicUsize::new(0));

@@ -104,7 +104,6 @@ impl Stats {
 
     /// Changes the counters and notifies the watchers once.
     pub(crate) fn update(&self, change: impl FnOnce(&mut ConsumerStats)) {
-        self.0.unpublished.store(false, Ordering::Relaxed);
         self.0.tx.send_modify(change);
     }
 
